@@ -1,0 +1,29 @@
+"""Cross-process leases of consecutive port blocks for pytest, pytest-xdist and shared CI hosts."""
+
+from __future__ import annotations
+
+from ._leaser import LeaseInfo, PortBlock, PortLeaser, lease_ports
+from .errors import (
+    InvalidArgument,
+    LockTimeout,
+    PortleaseError,
+    PortleaseWarning,
+    PortRangeExhausted,
+    PortUnavailable,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "InvalidArgument",
+    "LeaseInfo",
+    "LockTimeout",
+    "PortBlock",
+    "PortLeaser",
+    "PortRangeExhausted",
+    "PortUnavailable",
+    "PortleaseError",
+    "PortleaseWarning",
+    "__version__",
+    "lease_ports",
+]

@@ -1,0 +1,184 @@
+"""One resolver for the settings: option > env > ini > default, each value tagged with its source.
+
+The pytest plugin, the CLI and ``PortLeaser()`` all resolve through here, so a value is validated
+once, in one way, and every error names where the bad value came from
+(pytest-timeout ``_validate_timeout(value, where)`` is the model).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Generic, NamedTuple, TypeVar
+
+from .errors import InvalidArgument
+
+T = TypeVar("T")
+
+DEFAULT_RANGE_TEXT = "10000-32000"
+DEFAULT_TTL = 120.0
+MAX_TTL = 10 * 365 * 24 * 3600.0
+
+DIR_HELP = (
+    "directory of the shared lease state (lock + fm-portalloc.json); "
+    "env PORTLEASE_DIR, then FM_PORTALLOC_DATA_DIR; default <user cache dir>/fm-portalloc"
+)
+RANGE_HELP = f"ports to lease from, LOW-HIGH inclusive; env PORTLEASE_RANGE; default {DEFAULT_RANGE_TEXT}"
+TTL_HELP = (
+    "seconds a lease lives without renewal (renewed every ttl/3 while its holder runs); "
+    f"env PORTLEASE_TTL; default {DEFAULT_TTL:g}"
+)
+
+
+class PortRange(NamedTuple):
+    """An inclusive range of ports, ``low <= port <= high``."""
+
+    low: int
+    high: int
+
+    @property
+    def count(self) -> int:
+        return self.high - self.low + 1
+
+    def __contains__(self, port: object) -> bool:
+        return isinstance(port, int) and self.low <= port <= self.high
+
+    def __str__(self) -> str:
+        return f"{self.low}-{self.high}"
+
+
+@dataclass(frozen=True)
+class Resolved(Generic[T]):
+    """A setting's value and where it came from (an option, an env var, an ini key, default)."""
+
+    value: T
+    source: str
+
+
+def check_port(value: object, name: str, source: str) -> int:
+    """Return ``value`` as a port number, or raise ``InvalidArgument`` naming it."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise InvalidArgument(
+            f"invalid {name} {value!r} from {source}: expected a port number from 1 to 65535"
+        )
+    return value
+
+
+def parse_port_range(raw: object, name: str, source: str) -> PortRange:
+    """Parse ``"LOW-HIGH"`` or a ``(low, high)`` pair into a ``PortRange``."""
+    expected = "expected LOW-HIGH with 1 <= LOW <= HIGH <= 65535, such as 20000-20999"
+    bounds: tuple[object, ...]
+    if isinstance(raw, str):
+        parts = raw.strip().split("-")
+        if len(parts) != 2 or not all(p.strip().isdecimal() for p in parts):
+            raise InvalidArgument(f"invalid {name} {raw!r} from {source}: {expected}")
+        bounds = (int(parts[0]), int(parts[1]))
+    elif isinstance(raw, tuple | list) and len(raw) == 2:
+        bounds = tuple(raw)
+    else:
+        raise InvalidArgument(f"invalid {name} {raw!r} from {source}: {expected}")
+    low, high = bounds
+    if (
+        any(isinstance(b, bool) or not isinstance(b, int) for b in bounds)
+        or not 1 <= low <= high <= 65535  # type: ignore[operator]
+    ):
+        raise InvalidArgument(f"invalid {name} {raw!r} from {source}: {expected}")
+    return PortRange(low, high)  # type: ignore[arg-type]
+
+
+def parse_ttl(raw: object, name: str, source: str) -> float:
+    """Parse a positive, finite number of seconds."""
+    expected = f"expected a number of seconds greater than 0 and at most {MAX_TTL:.0f}, such as 120"
+    value: float
+    if isinstance(raw, str):
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise InvalidArgument(f"invalid {name} {raw!r} from {source}: {expected}") from None
+    elif isinstance(raw, int | float) and not isinstance(raw, bool):
+        value = float(raw)
+    else:
+        raise InvalidArgument(f"invalid {name} {raw!r} from {source}: {expected}")
+    if not math.isfinite(value) or not 0 < value <= MAX_TTL:
+        raise InvalidArgument(f"invalid {name} {raw!r} from {source}: {expected}")
+    return value
+
+
+def parse_directory(raw: object, name: str, source: str) -> Path:
+    """Accept any non-empty path; whether it is usable is found out when it is first used."""
+    if isinstance(raw, str | os.PathLike) and os.fspath(raw):
+        return Path(os.path.expanduser(os.fspath(raw)))
+    raise InvalidArgument(f"invalid {name} {raw!r} from {source}: expected a directory path")
+
+
+def default_directory() -> Path:
+    # fedimint-portalloc's default on Linux and macOS, so Python and Rust tests share one registry.
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir()) / "fm-portalloc"
+
+
+Layer = tuple[object, str]
+
+
+def _resolve(
+    layers: list[Layer],
+    parse: Callable[[object, str, str], T],
+    name: str,
+    default: Callable[[], T],
+) -> Resolved[T]:
+    for raw, source in layers:
+        if raw is None or raw == "":
+            continue  # an empty environment variable counts as unset
+        return Resolved(parse(raw, name, source), source)
+    return Resolved(default(), "default")
+
+
+def _env(var: str) -> Layer:
+    return (os.environ.get(var), var)
+
+
+def resolve_directory(
+    option: object = None,
+    *,
+    name: str = "directory",
+    option_source: str = "argument",
+    ini: object = None,
+    ini_source: str = "ini portlease_dir",
+) -> Resolved[Path]:
+    layers = [
+        (option, option_source),
+        _env("PORTLEASE_DIR"),
+        (ini, ini_source),
+        _env("FM_PORTALLOC_DATA_DIR"),
+    ]
+    return _resolve(layers, parse_directory, name, default_directory)
+
+
+def resolve_range(
+    option: object = None,
+    *,
+    name: str = "port_range",
+    option_source: str = "argument",
+    ini: object = None,
+    ini_source: str = "ini portlease_range",
+) -> Resolved[PortRange]:
+    layers = [(option, option_source), _env("PORTLEASE_RANGE"), (ini, ini_source)]
+    return _resolve(
+        layers, parse_port_range, name, lambda: parse_port_range(DEFAULT_RANGE_TEXT, name, "default")
+    )
+
+
+def resolve_ttl(
+    option: object = None,
+    *,
+    name: str = "ttl",
+    option_source: str = "argument",
+    ini: object = None,
+    ini_source: str = "ini portlease_ttl",
+) -> Resolved[float]:
+    layers = [(option, option_source), _env("PORTLEASE_TTL"), (ini, ini_source)]
+    return _resolve(layers, parse_ttl, name, lambda: DEFAULT_TTL)

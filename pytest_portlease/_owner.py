@@ -1,0 +1,152 @@
+"""Who holds a lease, and whether that process is provably dead.
+
+An owner is the pid, the process start time, the hostname and a namespace identity. Only an
+owner that shares our host, boot and PID namespace can be probed: its pid means the same process
+to us. Anything else (another host, a container, a fedimint lease with no owner) is left to the
+TTL, because "I can't see that pid" proves nothing there.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Owner:
+    pid: int | None
+    start: int | None
+    host: str
+    ns: str
+    label: str
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {}
+        if self.pid is not None:
+            data["pid"] = self.pid
+        if self.start is not None:
+            data["start"] = self.start
+        data["host"] = self.host
+        data["ns"] = self.ns
+        data["label"] = self.label
+        return data
+
+    @classmethod
+    def from_json(cls, data: object) -> Owner | None:
+        """The owner recorded in a state file, or None when it is malformed."""
+        if not isinstance(data, dict):
+            return None
+        pid, start = data.get("pid"), data.get("start")
+        host, ns, label = data.get("host", ""), data.get("ns", ""), data.get("label", "")
+        if not all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in (pid, start)):
+            return None
+        if not all(isinstance(v, str) for v in (host, ns, label)):
+            return None
+        return cls(pid, start, host, ns, label)
+
+    def describe(self) -> str:
+        """``pid@host``, or ``@host`` for a lease that no process owns."""
+        pid = "" if self.pid is None else str(self.pid)
+        return f"{pid}@{self.host}"
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+@cache
+def namespace() -> str:
+    """This host's boot id and our PID namespace, or "" where they cannot be read (non-Linux).
+
+    A pid only names the same process to two observers that share the boot (pids restart at boot)
+    and the PID namespace (containers renumber pids).
+    """
+    boot = _read("/proc/sys/kernel/random/boot_id")
+    try:
+        pidns = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return ""
+    return f"{boot.strip()}/{pidns}" if boot else ""
+
+
+@cache
+def hostname() -> str:
+    return socket.gethostname()
+
+
+def process_start(pid: int) -> int | None:
+    """The start time of ``pid`` in clock ticks since boot (proc(5) field 22), or None if gone.
+
+    A zombie counts as gone: it has exited, and its sockets are closed.
+    """
+    stat = _read(f"/proc/{pid}/stat")
+    if stat is None:
+        return None
+    # comm, field 2, may contain spaces and parentheses; the fields after the last ')' are plain.
+    fields = stat[stat.rfind(")") + 2 :].split()
+    if len(fields) < 20 or fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+def owner_for(pid: int | None, label: str) -> Owner:
+    """An owner record for ``pid`` on this host (None: the lease has no owning process)."""
+    if pid is None:
+        start = None
+    elif pid == os.getpid():
+        start = _own_start(pid)
+    else:
+        start = process_start(pid)
+    return Owner(pid, start, hostname(), namespace(), label)
+
+
+@cache
+def _own_start(pid: int) -> int | None:
+    return process_start(pid)  # keyed by pid, so a forked child looks itself up afresh
+
+
+def same_namespace(owner: Owner) -> bool:
+    ns = namespace()
+    return bool(ns) and owner.ns == ns and owner.host == hostname() and owner.pid is not None
+
+
+def is_alive(owner: Owner) -> bool:
+    """True only when the owner is visible to us and its process is still the one recorded."""
+    if not same_namespace(owner):
+        return False
+    start = process_start(owner.pid)  # type: ignore[arg-type]
+    return start is not None and (owner.start is None or start == owner.start)
+
+
+def is_provably_dead(owner: Owner) -> bool:
+    """True only when the owner shares our host, boot and PID namespace and its pid is gone
+    or now belongs to a process that started at another time (pid reuse)."""
+    return same_namespace(owner) and not is_alive(owner)
+
+
+def lock_holder_pid(lock_path: Path) -> int | None:
+    """The pid holding a flock on ``lock_path``, read from /proc/locks (Linux), else None.
+
+    /proc/locks prints ``FLOCK ADVISORY WRITE <pid> <major>:<minor>:<inode>``, the device in hex.
+    """
+    try:
+        st = os.stat(lock_path)
+    except OSError:
+        return None
+    text = _read("/proc/locks")
+    if not text:
+        return None
+    want = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in text.splitlines():
+        parts = line.split()
+        if "FLOCK" in parts and "->" not in parts and len(parts) >= 6 and parts[5] == want:
+            return int(parts[4])
+    return None

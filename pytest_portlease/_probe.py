@@ -1,0 +1,79 @@
+"""Is this port free? The strict bind probe, and the host's ephemeral port range.
+
+The probe binds TCP (and listens) and UDP on the IPv4 wildcard and, where the host has IPv6, on
+the IPv6 wildcard with IPV6_V6ONLY, all without SO_REUSEADDR. On Linux a wildcard bind without
+SO_REUSEADDR conflicts with any socket bound to a specific address of the same family and port,
+listening or not, with or without SO_REUSEADDR on the other side (inet_csk_bind_conflict), and
+with a TCP connection in TIME_WAIT; so these four binds see every holder a test server could be.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from functools import cache
+
+from ._config import PortRange
+
+_KINDS = (socket.SOCK_STREAM, socket.SOCK_DGRAM)
+
+
+@cache
+def has_ipv6() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+def _binds(family: socket.AddressFamily, kind: socket.SocketKind, port: int) -> bool:
+    with socket.socket(family, kind) as s:
+        if family == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            s.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", port))
+            if kind == socket.SOCK_STREAM:
+                s.listen(1)
+        except OSError as e:
+            if e.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+                return False  # EACCES: a privileged port we may not bind is no use to us either
+            raise
+    return True
+
+
+def port_is_free(port: int) -> bool:
+    """True when ``port`` binds for TCP and UDP on every address family this host has."""
+    families = [socket.AF_INET, socket.AF_INET6] if has_ipv6() else [socket.AF_INET]
+    return all(_binds(family, kind, port) for family in families for kind in _KINDS)
+
+
+def first_busy(ports: range) -> int | None:
+    """The first port of ``ports`` that does not probe free, or None if all are free."""
+    for port in ports:
+        if not port_is_free(port):
+            return port
+    return None
+
+
+@cache
+def ephemeral_range() -> PortRange | None:
+    """This host's ephemeral port range (Linux); None where it cannot be read."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as f:
+            low, high = (int(x) for x in f.read().split())
+    except (OSError, ValueError):
+        return None
+    return PortRange(low, high)
+
+
+def ephemeral_overlap(port_range: PortRange) -> PortRange | None:
+    """The part of ``port_range`` the kernel may hand out as ephemeral ports, if any."""
+    eph = ephemeral_range()
+    if eph is None:
+        return None
+    low, high = max(eph.low, port_range.low), min(eph.high, port_range.high)
+    return PortRange(low, high) if low <= high else None
