@@ -33,6 +33,7 @@ TEMP_PREFIX = f"{STATE_NAME}.tmp-"
 BACKUP_PREFIX = f"{STATE_NAME}.corrupt-"
 KEEP_BACKUPS = 5
 _LINE_CACHE_MAX = 50_000
+SWEEP_INTERVAL = 10.0
 
 # Test seam: the crash tests set this in a child process to SIGKILL it at a named point.
 fault: Callable[[str], None] | None = None
@@ -223,6 +224,7 @@ class Store:
         self._bytes: bytes | None = None
         self._state: State | None = None
         self._lines: dict[bytes, Entry] = {}
+        self._next_sweep = 0.0
 
     # -- the directory ---------------------------------------------------------------------
 
@@ -262,12 +264,29 @@ class Store:
         if self.lock_path.is_symlink():
             # Never lock or write through a link planted at a name of ours: replace the link.
             self._write_new(self.lock_path, b"")
-        self._remove_stale_temps()
         self._prepared = True
+
+    def open_lock(self) -> int:
+        """A descriptor of the lock file, created if missing; it is never unlinked or truncated,
+        because another process (fedimint-portalloc too) may be blocked on this very inode."""
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            try:
+                fd = os.open(self.lock_path, flags | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                return os.open(self.lock_path, flags)
+            os.fchmod(fd, self.file_mode)  # the umask must not take the group's bits away
+            return fd
+        except OSError as e:
+            raise self._fail("cannot open its lock file", "make the directory writable", e) from None
 
     def _remove_stale_temps(self) -> None:
         # Every writer writes under the lock, so any temp file seen while we hold it is left
-        # over from a writer that died (SIGKILL between writing and renaming).
+        # over from a writer that died (SIGKILL between writing and renaming). Looked for at
+        # the first write and then every few seconds, to keep a directory scan off the hot path.
+        if time.monotonic() < self._next_sweep:
+            return
+        self._next_sweep = time.monotonic() + SWEEP_INTERVAL
         with contextlib.suppress(OSError), os.scandir(self.directory) as it:
             for item in it:
                 if item.name.startswith(TEMP_PREFIX) and item.name != self._temp_name():
@@ -290,8 +309,7 @@ class Store:
                 _warn_once(f"{self.state_path} is a symbolic link; it is ignored and will be replaced")
                 return b""
             raise self._fail("has an unreadable state file", "check its permissions", e) from None
-        with os.fdopen(fd, "rb") as f:
-            return f.read()
+        return _read_all(fd)
 
     def load(self, *, repair: bool = True) -> State:
         """The current state. ``repair``: back up and warn about what had to be dropped."""
@@ -360,6 +378,7 @@ class Store:
     def save(self, state: State) -> None:
         """Write the state so that no reader and no crash ever sees it torn."""
         data = state.encode()
+        self._remove_stale_temps()
         try:
             self._write_new(self.state_path, data)
         except OSError as e:
@@ -380,8 +399,7 @@ class Store:
             fd = os.open(self.directory / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
             return b""
-        with os.fdopen(fd, "rb") as f:
-            return f.read()
+        return _read_all(fd)
 
     def invalidate(self) -> None:
         """Forget the cached state (after a failure left it out of step with the file)."""
@@ -400,9 +418,10 @@ class Store:
         temp = self.directory / self._temp_name()
         fd = self._create(temp, replace=True)
         try:
-            with os.fdopen(fd, "wb") as f:
-                os.fchmod(f.fileno(), self.file_mode)
-                f.write(data)
+            try:
+                self._fill(fd, data)
+            finally:
+                os.close(fd)
             inject("temp-written")
             inject("before-replace")
             if not _exchange(temp, path):
@@ -411,6 +430,13 @@ class Store:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp)
+
+    def _fill(self, fd: int, data: bytes) -> None:
+        if self.file_mode != 0o600:
+            os.fchmod(fd, self.file_mode)  # the umask must not take the group's bits away
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
 
     @staticmethod
     def _create(path: Path, *, replace: bool) -> int:
@@ -437,9 +463,10 @@ class Store:
                 continue
             except OSError:
                 return None
-            with os.fdopen(fd, "wb") as f:
-                os.fchmod(f.fileno(), self.file_mode)
-                f.write(data)
+            try:
+                self._fill(fd, data)
+            finally:
+                os.close(fd)
             self._prune_backups()
             return path
         return None
@@ -452,6 +479,17 @@ class Store:
         for old in backups[:-KEEP_BACKUPS]:
             with contextlib.suppress(OSError):
                 old.unlink()
+
+
+def _read_all(fd: int) -> bytes:
+    """Read and close ``fd``."""
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 _RENAME_EXCHANGE = 2

@@ -1,0 +1,476 @@
+"""PortLeaser: allocation, exact ports, exhaustion, arguments, threads, processes and crashes."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+
+from pytest_portlease import (
+    InvalidArgument,
+    LockTimeout,
+    PortBlock,
+    PortLeaser,
+    PortRangeExhausted,
+    PortUnavailable,
+    lease_ports,
+)
+from pytest_portlease import _owner
+from pytest_portlease._config import PortRange
+from pytest_portlease._state import STATE_NAME
+
+
+@pytest.fixture
+def leaser(lease_dir: Path, port_range: PortRange) -> Iterator[PortLeaser]:
+    with PortLeaser(lease_dir, port_range=port_range, label="test") as leaser:
+        yield leaser
+
+
+def state_keys(lease_dir: Path) -> dict[str, dict[str, object]]:
+    keys: dict[str, dict[str, object]] = json.loads((lease_dir / STATE_NAME).read_text())["keys"]
+    return keys
+
+
+class Child:
+    """A Python child process that prints lines; always killed and reaped by the fixture."""
+
+    def __init__(self, code: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(code)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def line(self) -> str:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert line, f"child exited with {self.proc.wait()}"
+        return line.strip()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+
+
+@pytest.fixture
+def spawn() -> Iterator[type[Child]]:
+    children: list[Child] = []
+
+    class Tracked(Child):
+        def __init__(self, code: str) -> None:
+            super().__init__(code)
+            children.append(self)
+
+    yield Tracked
+    for child in children:
+        child.kill()
+
+
+# -- PortBlock ------------------------------------------------------------------------------------
+
+
+def test_port_block_is_a_small_frozen_sequence() -> None:
+    block = PortBlock(20000, 3, "pg")
+    assert block.ports == (20000, 20001, 20002)
+    assert list(block) == [20000, 20001, 20002]
+    assert block[0] == 20000 and block[-1] == 20002
+    assert len(block) == 3 and 20001 in block and 20003 not in block
+    assert str(block) == "20000-20002" and str(PortBlock(20000, 1)) == "20000"
+    assert block.env("PG") == {
+        "PG_PORT": "20000",
+        "PG_PORT_0": "20000",
+        "PG_PORT_1": "20001",
+        "PG_PORT_2": "20002",
+        "PG_PORTS": "20000,20001,20002",
+    }
+    with pytest.raises(AttributeError):
+        block.base = 1  # type: ignore[misc]
+    assert pickle.loads(pickle.dumps(block)) == block
+
+
+# -- allocation -----------------------------------------------------------------------------------
+
+
+def test_blocks_are_consecutive_next_fit_and_recorded(leaser: PortLeaser, lease_dir: Path) -> None:
+    low = leaser.port_range.low
+    a, b = leaser.lease(3, label="one"), leaser.lease(2)
+    assert (a.base, a.size, b.base) == (low, 3, low + 3)
+    assert a.label == "test one" and b.label == "test"
+    keys = state_keys(lease_dir)
+    assert keys[str(low)]["size"] == 3
+    owner = keys[str(low)]["owner"]
+    assert isinstance(owner, dict)
+    assert owner["pid"] == os.getpid() and owner["label"] == "test one"
+    assert owner["start"] == _owner.process_start(os.getpid())
+    expires = keys[str(low)]["expires"]
+    assert isinstance(expires, int) and time.time() < expires <= time.time() + 121
+    # Next-fit: a released block is not reused until the cursor comes round again.
+    assert leaser.release(a) is True
+    assert leaser.lease(1).base == low + 5
+    assert leaser.held == [b, PortBlock(low + 5, 1, "test")]
+
+
+def test_the_scan_wraps_once_and_skips_bound_ports(lease_dir: Path, port_range: PortRange) -> None:
+    rng = PortRange(port_range.low, port_range.low + 9)
+    with PortLeaser(lease_dir, port_range=rng) as leaser, socket.socket() as busy:
+        busy.bind(("127.0.0.1", rng.low + 1))
+        first = leaser.lease(4)  # low..low+3 contains a bound port
+        assert first.base == rng.low + 2
+        second = leaser.lease(4)
+        assert second.base == rng.low + 6
+        leaser.release(first)
+        third = leaser.lease(3)  # cursor at the end: wraps to the start, skips the bound port
+        assert third.base == rng.low + 2
+
+
+def test_release_is_idempotent_and_only_touches_our_leases(leaser: PortLeaser) -> None:
+    block = leaser.lease(2)
+    assert leaser.release(block.base) is True
+    assert leaser.release(block) is False
+    assert leaser.release(12345) is False
+
+
+def test_release_all_and_close_are_final(leaser: PortLeaser, lease_dir: Path) -> None:
+    for size in (1, 2, 3):
+        leaser.lease(size)
+    leaser.release_all()
+    assert state_keys(lease_dir) == {}
+    leaser.lease(1)
+    leaser.close()
+    leaser.close()
+    assert state_keys(lease_dir) == {}
+    with pytest.raises(Exception, match="closed"):
+        leaser.lease(1)
+
+
+def test_lease_ports_releases_on_exit(lease_dir: Path, port_range: PortRange) -> None:
+    with lease_ports(2, directory=lease_dir, port_range=port_range, label="ctx") as block:
+        assert str(block.base) in state_keys(lease_dir)
+        assert block.label.endswith("ctx")
+    assert state_keys(lease_dir) == {}
+
+
+def test_a_per_call_range(leaser: PortLeaser) -> None:
+    high = leaser.port_range.high
+    block = leaser.lease(2, port_range=(high - 1, high))
+    assert block.ports == (high - 1, high)
+    with pytest.raises(PortRangeExhausted):
+        leaser.lease(1, port_range=f"{high - 1}-{high}")
+
+
+# -- exact ports ----------------------------------------------------------------------------------
+
+
+def test_an_exact_port_is_leased_or_names_its_holder(leaser: PortLeaser, lease_dir: Path) -> None:
+    low = leaser.port_range.low
+    block = leaser.lease(2, port=low + 100, label="pg")
+    assert block.ports == (low + 100, low + 101)
+    assert json.loads((lease_dir / STATE_NAME).read_text())["next"] == 0  # the cursor did not move
+    with PortLeaser(lease_dir) as other:
+        with pytest.raises(PortUnavailable) as info:
+            other.lease(1, port=low + 101)
+    assert "'test pg'" in str(info.value) and f"pid {os.getpid()}" in str(info.value)
+    assert info.value.holder is not None and "test pg" in info.value.holder
+    assert pickle.loads(pickle.dumps(info.value)).holder == info.value.holder
+
+
+def test_an_exact_port_bound_outside_portlease(leaser: PortLeaser) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.bind(("127.0.0.1", 0))
+        port = udp.getsockname()[1]  # an ephemeral port: exact requests may lie outside the range
+        with pytest.raises(PortUnavailable, match=f"port {port} is bound outside portlease") as info:
+            leaser.lease(1, port=port)
+        assert info.value.holder is None
+    assert leaser.lease(1, port=port).base == port
+
+
+# -- exhaustion and bad arguments -----------------------------------------------------------------
+
+
+def test_a_fully_bound_range_is_exhausted_after_one_bounded_cycle(
+    lease_dir: Path, port_range: PortRange
+) -> None:
+    rng = PortRange(port_range.low + 200, port_range.low + 215)
+    with ExitStack() as stack, PortLeaser(lease_dir, port_range=rng) as leaser:
+        leaser.lease(4)
+        for port in range(rng.low + 4, rng.high + 1):
+            sock = stack.enter_context(socket.socket())
+            sock.bind(("0.0.0.0", port))
+        with pytest.raises(PortRangeExhausted) as info:
+            leaser.lease(1)
+    message = str(info.value)
+    assert f"range {rng} (argument)" in message
+    assert "1 live lease(s) hold 4 of its 16 ports" in message
+    assert "widen the range" in message and "portlease status" in message
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"size": 0}, "invalid size 0"),
+        ({"size": -2}, "invalid size -2"),
+        ({"size": True}, "invalid size True"),
+        ({"size": "3"}, "invalid size '3'"),
+        ({"size": 5000}, "invalid size 5000 .* holds only 4000 ports"),
+        ({"size": 1, "port_range": "30-20"}, "invalid port_range '30-20'"),
+        ({"size": 1, "port": 0}, "invalid port 0 .* 1 to 65535"),
+        ({"size": 1, "port": 70000}, "invalid port 70000"),
+        ({"size": 3, "port": 65534}, "run past 65535"),
+        ({"size": 1, "ttl": 0}, "invalid ttl 0"),
+        ({"size": 1, "ttl": -1}, "invalid ttl -1"),
+        ({"size": 1, "label": 5}, "invalid label 5"),
+    ],
+)
+def test_bad_arguments_name_the_value(leaser: PortLeaser, kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(InvalidArgument, match=match) as info:
+        leaser.lease(**kwargs)  # type: ignore[arg-type]
+    assert isinstance(info.value, ValueError)
+    assert "from argument" in str(info.value)
+
+
+def test_bad_constructor_arguments(lease_dir: Path) -> None:
+    with pytest.raises(ValueError, match="invalid port_range '1-0'"):
+        PortLeaser(lease_dir, port_range="1-0")
+    with pytest.raises(ValueError, match="invalid ttl 0"):
+        PortLeaser(lease_dir, ttl=0)
+    with pytest.raises(ValueError, match="invalid lock_timeout -1"):
+        PortLeaser(lease_dir, lock_timeout=-1)
+
+
+def test_a_lease_directory_that_is_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "file"
+    path.write_text("")
+    with pytest.raises(Exception, match=f"lease directory {path} from argument is not a directory"):
+        PortLeaser(path).lease(1)
+
+
+# -- renewal and reclaim --------------------------------------------------------------------------
+
+
+def test_renew_extends_every_lease_in_one_round_trip(lease_dir: Path, port_range: PortRange) -> None:
+    with PortLeaser(lease_dir, port_range=port_range, ttl=5) as leaser:
+        blocks = [leaser.lease(1), leaser.lease(2, ttl=50)]
+        before = state_keys(lease_dir)
+        time.sleep(1.1)
+        assert leaser.renew() == []
+        after = state_keys(lease_dir)
+        for block in blocks:
+            assert after[str(block.base)]["expires"] > before[str(block.base)]["expires"]  # type: ignore[operator]
+
+
+def test_expired_leases_are_reclaimed(lease_dir: Path, port_range: PortRange) -> None:
+    low = port_range.low
+    lease_dir.mkdir()
+    (lease_dir / STATE_NAME).write_text(
+        json.dumps({"next": low, "keys": {str(low): {"size": 5, "expires": int(time.time()) - 1}}})
+    )
+    with PortLeaser(lease_dir, port_range=port_range) as leaser:
+        assert [i.state for i in leaser.status()] == ["expired"]
+        assert leaser.lease(1, port=low + 2).base == low + 2
+        assert list(state_keys(lease_dir)) == [str(low + 2)]
+
+
+def test_a_recycled_pid_is_a_dead_owner_and_a_foreign_namespace_is_not(
+    lease_dir: Path, port_range: PortRange
+) -> None:
+    low = port_range.low
+    future = int(time.time()) + 600
+    me = _owner.owner_for(os.getpid(), "x").to_json()
+    recycled = dict(me, start=me["start"] - 1)  # our pid, but a process that started earlier
+    elsewhere = dict(me, ns="another-boot/123")
+    lease_dir.mkdir()
+    (lease_dir / STATE_NAME).write_text(json.dumps({"next": low, "keys": {
+        str(low): {"size": 1, "expires": future, "owner": recycled},
+        str(low + 1): {"size": 1, "expires": future, "owner": elsewhere},
+        str(low + 2): {"size": 1, "expires": future, "owner": me},
+    }}))
+    with PortLeaser(lease_dir, port_range=port_range) as leaser:
+        assert [i.state for i in leaser.status()] == ["dead owner", "foreign", "live"]
+        assert leaser.lease(1).base == low  # reclaimed at once, without waiting for the TTL
+        assert set(state_keys(lease_dir)) == {str(low), str(low + 1), str(low + 2)}
+        assert state_keys(lease_dir)[str(low)]["owner"] != recycled
+
+
+def test_a_sigkilled_holder_is_reclaimed_at_once(
+    lease_dir: Path, port_range: PortRange, spawn: type[Child]
+) -> None:
+    child = spawn(f"""
+        from pytest_portlease import PortLeaser
+        leaser = PortLeaser({str(lease_dir)!r}, port_range={str(port_range)!r}, ttl=600)
+        print(leaser.lease(3).base, leaser.lease(2).base, flush=True)
+        import time; time.sleep(600)
+    """)
+    bases = [int(b) for b in child.line().split()]
+    with PortLeaser(lease_dir, port_range=port_range) as leaser:
+        assert [i.state for i in leaser.status()] == ["live", "live"]
+        with pytest.raises(PortUnavailable):
+            leaser.lease(1, port=bases[0])
+        os.kill(child.proc.pid, signal.SIGKILL)
+        child.kill()
+        assert [i.state for i in leaser.status()] == ["dead owner", "dead owner"]
+        assert leaser.lease(3, port=bases[0]).base == bases[0]
+        assert list(state_keys(lease_dir)) == [str(bases[0])]
+
+
+def test_a_child_killed_while_holding_the_lock_leaves_a_parseable_state(
+    lease_dir: Path, port_range: PortRange, spawn: type[Child]
+) -> None:
+    with PortLeaser(lease_dir, port_range=port_range, ttl=600) as mine:
+        kept = mine.lease(2)
+        for point in ("locked", "temp-written", "after-replace"):
+            child = spawn(f"""
+                import os, signal
+                from pytest_portlease import PortLeaser, _state
+                def die(where):
+                    if where == {point!r}:
+                        print("dying", flush=True)
+                        os.kill(os.getpid(), signal.SIGKILL)
+                _state.fault = die
+                PortLeaser({str(lease_dir)!r}, port_range={str(port_range)!r}).lease(4)
+            """)
+            assert child.line() == "dying"
+            assert child.proc.wait() == -signal.SIGKILL
+            keys = state_keys(lease_dir)  # parses
+            assert str(kept.base) in keys
+            block = mine.lease(1)  # the kernel dropped the dead child's flock: we proceed
+            assert block.base not in kept
+    with PortLeaser(lease_dir, port_range=port_range) as fresh:
+        fresh.lease(1)  # its first write sweeps the temp file the dead writer left
+    assert sorted(p.name for p in lease_dir.iterdir()) == [STATE_NAME, "lock"]
+
+
+def test_lock_timeout_names_the_lock_and_its_holder(
+    lease_dir: Path, port_range: PortRange, spawn: type[Child]
+) -> None:
+    child = spawn(f"""
+        import time
+        from pytest_portlease import PortLeaser, _state
+        def hold(where):
+            if where == "locked":
+                print("holding", flush=True)
+                time.sleep(600)
+        _state.fault = hold
+        PortLeaser({str(lease_dir)!r}, port_range={str(port_range)!r}).lease(1)
+    """)
+    assert child.line() == "holding"
+    with PortLeaser(lease_dir, port_range=port_range, lock_timeout=0.3) as leaser:
+        with pytest.raises(LockTimeout) as info:
+            leaser.lease(1)
+    error = info.value
+    assert isinstance(error, TimeoutError)
+    assert error.holder_pid == child.proc.pid
+    assert str(lease_dir / "lock") in str(error) and f"pid {child.proc.pid}" in str(error)
+    assert str(pickle.loads(pickle.dumps(error))) == str(error)
+
+
+def test_the_heartbeat_keeps_leases_past_their_ttl(lease_dir: Path, port_range: PortRange) -> None:
+    with PortLeaser(lease_dir, port_range=port_range, ttl=1, heartbeat=True) as holder:
+        block = holder.lease(2)
+        time.sleep(2.5)
+        with PortLeaser(lease_dir, port_range=port_range) as other, pytest.raises(PortUnavailable):
+            other.lease(1, port=block.base)
+    assert state_keys(lease_dir) == {}
+
+
+# -- concurrency ----------------------------------------------------------------------------------
+
+
+def test_threads_sharing_one_leaser_get_disjoint_blocks(leaser: PortLeaser) -> None:
+    blocks: list[PortBlock] = []
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for size in (1, 2, 3, 4):
+                blocks.append(leaser.lease(size))
+                leaser.renew()
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    ports = [p for b in blocks for p in b]
+    assert len(ports) == len(set(ports)) == 8 * 10
+    assert len(leaser.held) == 32
+
+
+CHURN = """
+import json, random, socket, sys, time
+from pytest_portlease import PortLeaser
+rng = random.Random({seed})
+grants = []
+with PortLeaser({directory!r}, port_range={port_range!r}, ttl=60) as leaser:
+    held = []
+    for _ in range({rounds}):
+        block = leaser.lease(rng.randint(1, 5))
+        granted = time.monotonic()
+        socks = []
+        for port in block:  # bindable at the moment it was granted, as a real server would
+            for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                s = socket.socket(socket.AF_INET, kind)
+                s.bind(("127.0.0.1", port))
+                socks.append(s)
+        for s in socks:
+            s.close()
+        held.append((block, granted))
+        if rng.random() < 0.6:
+            old, since = held.pop(rng.randrange(len(held)))
+            grants.append((old.base, old.size, since, time.monotonic()))
+            leaser.release(old)
+    end = time.monotonic()
+    grants.extend((b.base, b.size, since, end) for b, since in held)
+print(json.dumps(grants))
+"""
+
+
+def test_processes_leasing_at_once_never_overlap(lease_dir: Path, port_range: PortRange) -> None:
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CHURN.format(
+                seed=i, directory=str(lease_dir), port_range=str(port_range), rounds=40
+            )],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(8)
+    ]
+    results = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0
+        results.append(json.loads(out))
+    # Each window is from just after the grant to just before the release: a subset of the
+    # lease's life, so any two windows on a shared port that overlap in time are a real collision.
+    windows = [(i, base, size, t0, t1) for i, grants in enumerate(results) for base, size, t0, t1 in grants]
+    assert len(windows) == 8 * 40
+    by_port: dict[int, list[tuple[int, float, float]]] = {}
+    for i, base, size, t0, t1 in windows:
+        for port in range(base, base + size):
+            by_port.setdefault(port, []).append((i, t0, t1))
+    for port, uses in by_port.items():
+        uses.sort(key=lambda u: u[1])
+        holder, until = uses[0][0], uses[0][2]
+        for i, t0, t1 in uses[1:]:
+            assert t0 >= until, f"port {port}: processes {holder} and {i} held it at once"
+            if t1 > until:
+                holder, until = i, t1
+    assert state_keys(lease_dir) == {}
