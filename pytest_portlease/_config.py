@@ -40,7 +40,7 @@ class PortRange(NamedTuple):
     high: int
 
     @property
-    def count(self) -> int:
+    def size(self) -> int:
         return self.high - self.low + 1
 
     def __contains__(self, port: object) -> bool:

@@ -10,11 +10,11 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, TypeVar
+from typing import Final, TypeVar
 
 import filelock
 
@@ -187,11 +187,8 @@ class PortLeaser:
         if label is not None and not isinstance(label, str):
             raise InvalidArgument(f"invalid label {label!r} from argument: expected a string")
         self.label = _default_label() if label is None else label
-        if owner_pid is not None and owner_pid != THIS_PROCESS:
-            if isinstance(owner_pid, bool) or not isinstance(owner_pid, int) or owner_pid < 0:
-                raise InvalidArgument(
-                    f"invalid owner_pid {owner_pid!r} from argument: expected a process id"
-                )
+        if owner_pid is not None and (isinstance(owner_pid, bool) or not isinstance(owner_pid, int) or owner_pid < 0):
+            raise InvalidArgument(f"invalid owner_pid {owner_pid!r} from argument: expected a process id")
         self.owner_pid = owner_pid
         self.store = Store(self.directory, self.directory_setting.source)
         self.stats = LeaseStats()
@@ -248,7 +245,7 @@ class PortLeaser:
                 self.store.invalidate()
                 raise
             finally:
-                filelock.unlock_descriptor(self._lock_fd)
+                filelock.unlock_descriptor(self._lock_fd)  # type: ignore[arg-type]  # set by _acquire
 
     def _acquire(self) -> None:
         # filelock's native lock on a descriptor we keep open: re-opening the file for every
@@ -286,9 +283,9 @@ class PortLeaser:
                 raise InvalidArgument(
                     f"invalid size {size} from argument: {port}+{size} ports run past 65535"
                 )
-        elif size > rng.count:
+        elif size > rng.size:
             raise InvalidArgument(
-                f"invalid size {size} from argument: the range {rng} holds only {rng.count} ports"
+                f"invalid size {size} from argument: the range {rng} holds only {rng.size} ports"
             )
         else:
             self._warn_ephemeral(rng)
@@ -337,7 +334,7 @@ class PortLeaser:
         ports = sum(min(e.end, rng.high) - max(e.base, rng.low) + 1 for e in held)
         raise PortRangeExhausted(
             f"no free block of {size} port(s) in range {rng} ({self.range_setting.source}): "
-            f"{len(held)} live lease(s) hold {ports} of its {rng.count} ports and the rest that "
+            f"{len(held)} live lease(s) hold {ports} of its {rng.size} ports and the rest that "
             f"were probed are bound by other processes; widen the range (--portlease-range or "
             f"PORTLEASE_RANGE), release leases, or run `portlease status --dir {self.directory}` "
             f"to see who holds them"

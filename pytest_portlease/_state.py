@@ -142,7 +142,7 @@ def _entry(key: object, value: object, problems: list[str]) -> Entry | None:
         problems.append(f"dropped range {key}: expected an object, found {type(value).__name__}")
         return None
     size, expires = value.get("size"), value.get("expires")
-    if not _is_int(size) or not 1 <= size <= 65536 - base:
+    if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= 65536 - base:
         problems.append(f"dropped range {key}: size {size!r} is not a whole number of ports that fits")
         return None
     if not isinstance(expires, int | float) or isinstance(expires, bool) or not math.isfinite(expires):

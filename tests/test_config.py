@@ -84,7 +84,7 @@ def test_bad_ttls(raw: object) -> None:
 def test_port_range_reads_as_text() -> None:
     rng = PortRange(20000, 20009)
     assert str(rng) == "20000-20009"
-    assert rng.count == 10
+    assert rng.size == 10
     assert 20009 in rng
     assert 20010 not in rng
     assert "20000" not in rng

@@ -25,9 +25,9 @@ from pytest_portlease import (
     PortLeaser,
     PortRangeExhausted,
     PortUnavailable,
+    _owner,
     lease_ports,
 )
-from pytest_portlease import _owner
 from pytest_portlease._config import PortRange
 from pytest_portlease._state import STATE_NAME
 
@@ -181,9 +181,8 @@ def test_an_exact_port_is_leased_or_names_its_holder(leaser: PortLeaser, lease_d
     block = leaser.lease(2, port=low + 100, label="pg")
     assert block.ports == (low + 100, low + 101)
     assert json.loads((lease_dir / STATE_NAME).read_text())["next"] == 0  # the cursor did not move
-    with PortLeaser(lease_dir) as other:
-        with pytest.raises(PortUnavailable) as info:
-            other.lease(1, port=low + 101)
+    with PortLeaser(lease_dir) as other, pytest.raises(PortUnavailable) as info:
+        other.lease(1, port=low + 101)
     assert "'test pg'" in str(info.value) and f"pid {os.getpid()}" in str(info.value)
     assert info.value.holder is not None and "test pg" in info.value.holder
     assert pickle.loads(pickle.dumps(info.value)).holder == info.value.holder
@@ -368,9 +367,8 @@ def test_lock_timeout_names_the_lock_and_its_holder(
         PortLeaser({str(lease_dir)!r}, port_range={str(port_range)!r}).lease(1)
     """)
     assert child.line() == "holding"
-    with PortLeaser(lease_dir, port_range=port_range, lock_timeout=0.3) as leaser:
-        with pytest.raises(LockTimeout) as info:
-            leaser.lease(1)
+    with PortLeaser(lease_dir, port_range=port_range, lock_timeout=0.3) as leaser, pytest.raises(LockTimeout) as info:
+        leaser.lease(1)
     error = info.value
     assert isinstance(error, TimeoutError)
     assert error.holder_pid == child.proc.pid

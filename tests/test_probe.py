@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
 
 import pytest
 
@@ -63,7 +62,7 @@ def test_every_holder_is_seen_as_busy(
 
 
 @pytest.fixture
-def time_wait_port(port_range: PortRange) -> Iterator[int]:
+def time_wait_port(port_range: PortRange) -> int:
     """A port whose only trace is a TCP connection in TIME_WAIT (the side that closed first)."""
     with socket.create_server(("127.0.0.1", 0)) as server:
         port = free_port_in(port_range)
@@ -73,7 +72,7 @@ def time_wait_port(port_range: PortRange) -> Iterator[int]:
         accepted, _ = server.accept()
         client.close()  # the active closer enters TIME_WAIT on its local port
         accepted.close()
-    yield port
+    return port
 
 
 def test_a_port_in_time_wait_counts_as_busy(time_wait_port: int) -> None:

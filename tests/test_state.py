@@ -155,8 +155,9 @@ def test_bad_entries_are_dropped_one_by_one(lease_dir: Path, port_range: PortRan
         str(low + 3): {"size": 1, "expires": future, "owner": "me"},
     }
     write_state(lease_dir, json.dumps({"next": low, "keys": keys}))
-    with PortLeaser(lease_dir, port_range=port_range) as leaser, pytest.warns(PortleaseWarning) as record:
-        leaser.lease(1)
+    with PortLeaser(lease_dir, port_range=port_range) as leaser:
+        with pytest.warns(PortleaseWarning) as record:
+            leaser.lease(1)
         infos = {i.base: i for i in leaser.status()}
     messages = "\n".join(str(w.message) for w in record)
     for bad in ("'-5'", "'abc'", "'70000'", f"{low + 5}:", f"{low + 6}:", f"{low + 7}:", f"{low + 8}:", "65535"):

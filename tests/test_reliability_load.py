@@ -1,0 +1,44 @@
+"""Load: many processes lease, bind, hold, release and die at once; no port is ever shared.
+
+The scale is small by default so that the suite stays quick; ``PORTLEASE_LOAD_PROCS`` and
+``PORTLEASE_LOAD_LEASES`` raise it (``benchmarks/bench_lease.py`` runs 16 x 200).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+from _reliability import run_load
+
+from pytest_portlease._config import PortRange
+
+pytestmark = pytest.mark.reliability
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "")
+    return int(raw) if raw else default
+
+
+def test_load_no_overlap_no_loss(lease_dir: Path, port_range: PortRange) -> None:
+    procs = _env_int("PORTLEASE_LOAD_PROCS", 8)
+    leases = _env_int("PORTLEASE_LOAD_LEASES", 40)
+    seed = _env_int("PORTLEASE_LOAD_SEED", random.randrange(1_000_000))
+    report = run_load(
+        lease_dir, (port_range.low, port_range.high), procs=procs, leases=leases, seed=seed
+    )
+    print(f"\n{report.summary()} (PORTLEASE_LOAD_SEED={seed})")
+
+    assert report.worker_errors == []
+    assert report.overlaps == []
+    assert report.unbindable == []
+    assert report.state_errors == []
+    # Every worker made all its leases, except those killed on the way.
+    survivors = procs - len(report.killed)
+    assert len(report.grants) >= survivors * leases
+    assert report.state_reads > 0
+    if procs >= 4:
+        assert report.killed, "the harness meant to kill some workers"
