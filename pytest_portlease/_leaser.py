@@ -16,8 +16,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, TypeVar
 
-import filelock
-
 from . import _owner, _probe
 from ._config import (
     PortRange,
@@ -29,6 +27,7 @@ from ._config import (
     resolve_range,
     resolve_ttl,
 )
+from . import _state
 from ._state import Entry, State, Store, inject
 from .errors import (
     InvalidArgument,
@@ -245,7 +244,7 @@ class PortLeaser:
                 self.store.invalidate()
                 raise
             finally:
-                filelock.unlock_descriptor(self._lock_fd)  # type: ignore[arg-type]  # set by _acquire
+                _unlock(self._lock_fd)  # type: ignore[arg-type]  # set by _acquire
 
     def _acquire(self) -> None:
         # filelock's native lock on a descriptor we keep open: re-opening the file for every
@@ -444,6 +443,9 @@ class PortLeaser:
                 self._heartbeat.start()
 
     def _beat(self) -> None:
+        # A warning raised here would land on whatever test runs now, or, under -W error, abort
+        # the renewal: the heartbeat logs its warnings instead.
+        _state.log_warnings_in_this_thread()
         while not self._stop.wait(self._beat_interval()):
             try:
                 self.renew()
@@ -515,6 +517,8 @@ def _poll_lock(fd: int, timeout: float) -> bool:
 
     Polled like filelock's FileLock, but every millisecond: a holder keeps it for ~100 us.
     """
+    import filelock  # here, not at the top: a pytest run that leases nothing never pays for it
+
     deadline = time.monotonic() + timeout
     while not filelock.lock_descriptor(fd, blocking=False):
         if time.monotonic() >= deadline:
@@ -523,13 +527,20 @@ def _poll_lock(fd: int, timeout: float) -> bool:
     return True
 
 
+def _unlock(fd: int) -> None:
+    import filelock
+
+    filelock.unlock_descriptor(fd)
+
+
 @contextlib.contextmanager
 def _shared_lock(path: Path, timeout: float = 2.0) -> Iterator[None]:
     # A writer that rewrites in place (fedimint-portalloc) is only safe to read under its lock.
     # Take it on the existing file, read-only, without creating anything; give up after a short
     # while rather than hang a diagnostic command behind a stopped process.
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO planted at the lock's name must not hang a diagnostic command.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError:
         yield
         return

@@ -12,10 +12,12 @@ import bisect
 import contextlib
 import errno
 import json
+import logging
 import math
 import os
 import re
 import stat
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -154,7 +156,20 @@ def _entry(key: object, value: object, problems: list[str]) -> Entry | None:
         if owner is None:
             problems.append(f"range {key}: malformed owner {value['owner']!r} removed, range kept")
     extra = tuple((k, v) for k, v in value.items() if k not in ("size", "expires", "owner"))
+    if extra and not _is_json(dict(extra)):
+        problems.append(f"range {key}: fields that are not JSON (NaN, Infinity) removed, range kept")
+        extra = tuple((k, v) for k, v in extra if _is_json(v))
     return Entry(base, size, expires, owner, extra)
+
+
+def _is_json(value: object) -> bool:
+    # Python's json reads NaN and Infinity, serde_json (fedimint-portalloc) refuses the whole
+    # file: never write them back.
+    try:
+        json.dumps(value, allow_nan=False)
+    except (ValueError, RecursionError):
+        return False
+    return True
 
 
 _SALVAGE_KEY = re.compile(r'"(\d{1,5})"\s*:\s*(?=\{)')
@@ -166,7 +181,7 @@ def _salvage(text: str) -> dict[str, Any]:
     decoder = json.JSONDecoder()
     keys: dict[str, Any] = {}
     for match in _SALVAGE_KEY.finditer(text):
-        with contextlib.suppress(ValueError):
+        with contextlib.suppress(ValueError, RecursionError):
             keys[match.group(1)] = decoder.raw_decode(text, match.end())[0]
     doc: dict[str, Any] = {"keys": keys}
     if found := _SALVAGE_NEXT.search(text):
@@ -181,7 +196,8 @@ def parse_tolerant(data: bytes) -> Loaded:
         return Loaded(State(0, {}, {}), problems, lossy=False)
     try:
         doc: Any = json.loads(data)
-    except ValueError as e:  # UnicodeDecodeError is a ValueError too
+    # UnicodeDecodeError is a ValueError too; RecursionError: thousands of nested brackets.
+    except (ValueError, RecursionError) as e:
         doc = _salvage(data.decode("utf-8", "replace"))
         problems.append(f"not valid JSON ({e}); salvaged {len(doc['keys'])} range(s)")
     if not isinstance(doc, dict):
@@ -200,6 +216,9 @@ def parse_tolerant(data: bytes) -> Loaded:
         if (entry := _entry(key, value, problems)) is not None:
             entries[entry.base] = entry
     extra = {k: v for k, v in doc.items() if k not in ("next", "keys")}
+    if extra and not _is_json(extra):
+        problems.append("top-level fields that are not JSON (NaN, Infinity) removed")
+        extra = {k: v for k, v in extra.items() if _is_json(v)}
     lossy = bool(problems)
     state = State(next_port, entries, extra)
     if (pair := state._find_overlap()) is not None:
@@ -301,13 +320,15 @@ class Store:
     def read_bytes(self) -> bytes:
         """The state file's bytes; b"" when it is missing. A symlink is not followed."""
         try:
-            fd = os.open(self.state_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = _open_regular(self.state_path)
         except FileNotFoundError:
             return b""
         except OSError as e:
             if e.errno == errno.ELOOP:
                 _warn_once(f"{self.state_path} is a symbolic link; it is ignored and will be replaced")
                 return b""
+            if e.errno == errno.EISDIR:  # what _open_regular says of any other kind of file
+                raise self._fail(f"holds a {STATE_NAME} that is not a file", "remove it") from None
             raise self._fail("has an unreadable state file", "check its permissions", e) from None
         return _read_all(fd)
 
@@ -335,7 +356,7 @@ class Store:
             return None
         try:
             head = json.loads(lines[0] + b"}}")
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
         next_port = head.get("next")
         if head.get("keys") != {} or not _is_int(next_port) or not 0 <= next_port <= 65535:
@@ -364,7 +385,7 @@ class Store:
     def _parse_line(raw: bytes) -> Entry | None:
         try:
             member = json.loads(b"{" + raw + b"}")
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
         if not isinstance(member, dict) or len(member) != 1:
             return None
@@ -396,7 +417,7 @@ class Store:
     def read_file(self, name: str) -> bytes:
         """Another small file of ours; b"" when missing, unreadable or a symlink."""
         try:
-            fd = os.open(self.directory / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = _open_regular(self.directory / name)
         except OSError:
             return b""
         return _read_all(fd)
@@ -481,6 +502,19 @@ class Store:
                 old.unlink()
 
 
+def _open_regular(path: Path) -> int:
+    """Open a regular file for reading, never through a symlink; EISDIR for any other kind.
+
+    O_NONBLOCK: opening a FIFO planted at one of our names would otherwise wait forever for a
+    writer; on a regular file it changes nothing.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        return fd
+    os.close(fd)
+    raise IsADirectoryError(errno.EISDIR, "not a regular file", os.fspath(path))
+
+
 def _read_all(fd: int) -> bytes:
     """Read and close ``fd``."""
     try:
@@ -520,10 +554,19 @@ def _exchange(src: Path, dst: Path) -> bool:
 
 
 _warned: set[str] = set()
+_thread = threading.local()
+
+
+def log_warnings_in_this_thread() -> None:
+    """Make ``_warn_once`` log instead of warn in the calling (background) thread."""
+    _thread.log = True
 
 
 def _warn_once(problem: str, detail: str = "") -> None:
     """Warn once per process for each distinct problem (the detail may differ between times)."""
+    if getattr(_thread, "log", False):
+        logging.getLogger("pytest_portlease").warning("%s%s", problem, detail)
+        return  # not marked as warned: the next lease in the foreground still warns
     if problem in _warned:
         return
     _warned.add(problem)

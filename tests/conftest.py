@@ -43,3 +43,31 @@ def lease_dir(tmp_path: Path) -> Path:
 def port_range() -> PortRange:
     """The slice of ports this xdist worker of the test suite may lease from."""
     return worker_range()
+
+
+# Plugins of this venv that cost about a second of start-up per nested pytest run and play no
+# part in the plugin's tests.
+NESTED_FAST = (
+    "-p", "no:hypothesispytest", "-p", "no:pytest_postgresql", "-p", "no:pytest_redis",
+    "-p", "no:cacheprovider",
+)
+
+
+@pytest.fixture
+def nested_fast() -> tuple[str, ...]:
+    """Options that spare a nested pytest run (pytester) the unrelated plugins' start-up."""
+    return NESTED_FAST
+
+
+@pytest.fixture
+def portlease_args(
+    monkeypatch: pytest.MonkeyPatch, lease_dir: Path, port_range: PortRange
+) -> list[str]:
+    """Options for a nested pytest run (pytester) that keep it in this test's lease directory and
+    port slice. The ``=`` form matters: pytest finds the rootdir before plugin options are known,
+    so ``--portlease-dir DIR`` would make an existing DIR count as a test path."""
+    # A nested run is not this suite's xdist worker (port_range has read that already).
+    for var in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID",
+                "PYTEST_ADDOPTS"):
+        monkeypatch.delenv(var, raising=False)
+    return [f"--portlease-dir={lease_dir}", f"--portlease-range={port_range}", *NESTED_FAST]
