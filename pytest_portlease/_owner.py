@@ -56,10 +56,18 @@ class Owner:
 
 def _read(path: str) -> str | None:
     try:
-        with open(path, encoding="ascii", errors="replace") as f:
-            return f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode("ascii", "replace")
 
 
 @cache
@@ -122,7 +130,9 @@ def is_alive(owner: Owner) -> bool:
     """True only when the owner is visible to us and its process is still the one recorded."""
     if not same_namespace(owner):
         return False
-    start = process_start(owner.pid)  # type: ignore[arg-type]
+    pid = owner.pid
+    assert pid is not None  # same_namespace checked it
+    start = _own_start(pid) if pid == os.getpid() else process_start(pid)
     return start is not None and (owner.start is None or start == owner.start)
 
 

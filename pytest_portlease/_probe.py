@@ -9,6 +9,7 @@ with a TCP connection in TIME_WAIT; so these four binds see every holder a test 
 
 from __future__ import annotations
 
+import _socket
 import errno
 import socket
 from functools import cache
@@ -30,25 +31,36 @@ def has_ipv6() -> bool:
     return True
 
 
-def _binds(family: socket.AddressFamily, kind: socket.SocketKind, port: int) -> bool:
-    with socket.socket(family, kind) as s:
+# (family, wildcard address, kind) of every bind the probe makes, in the order it makes them.
+_V4 = [(socket.AF_INET, "0.0.0.0", kind) for kind in _KINDS]
+_BOTH = _V4 + [(socket.AF_INET6, "::", kind) for kind in _KINDS]
+
+
+def _binds(family: int, address: str, kind: int, port: int) -> bool:
+    # _socket.socket, not socket.socket: the wrapper's bookkeeping is a fifth of a probe's cost,
+    # and a probe is most of a lease.
+    s = _socket.socket(family, kind)
+    try:
         if family == socket.AF_INET6:
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        try:
-            s.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", port))
-            if kind == socket.SOCK_STREAM:
-                s.listen(1)
-        except OSError as e:
-            if e.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
-                return False  # EACCES: a privileged port we may not bind is no use to us either
-            raise
+        s.bind((address, port))
+        if kind == socket.SOCK_STREAM:
+            s.listen(1)
+    except OSError as e:
+        if e.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+            return False  # EACCES: a privileged port we may not bind is no use to us either
+        raise
+    finally:
+        s.close()
     return True
 
 
 def port_is_free(port: int) -> bool:
     """True when ``port`` binds for TCP and UDP on every address family this host has."""
-    families = [socket.AF_INET, socket.AF_INET6] if has_ipv6() else [socket.AF_INET]
-    return all(_binds(family, kind, port) for family in families for kind in _KINDS)
+    for family, address, kind in _BOTH if has_ipv6() else _V4:
+        if not _binds(family, address, kind, port):
+            return False
+    return True
 
 
 def first_busy(ports: range) -> int | None:
