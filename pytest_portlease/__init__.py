@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ._leaser import LeaseInfo, PortBlock, PortLeaser, lease_ports
+from ._portfor import get_port
 from .errors import (
     InvalidArgument,
     LockTimeout,
@@ -25,5 +26,6 @@ __all__ = [
     "PortleaseError",
     "PortleaseWarning",
     "__version__",
+    "get_port",
     "lease_ports",
 ]

@@ -16,7 +16,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, TypeVar
 
-from . import _owner, _probe
+from . import _owner, _probe, _state
 from ._config import (
     PortRange,
     Resolved,
@@ -27,8 +27,7 @@ from ._config import (
     resolve_range,
     resolve_ttl,
 )
-from . import _state
-from ._state import Entry, State, Store, inject
+from ._state import STATE_NAME, Entry, Loaded, State, Store, inject, parse_tolerant
 from .errors import (
     InvalidArgument,
     LockTimeout,
@@ -104,40 +103,51 @@ class LeaseInfo:
         return self.base + self.size - 1
 
 
-def lease_state(entry: Entry, now: float) -> str:
+Verdicts = dict[tuple[int | None, int | None, str, str], str]
+
+#: The states whose ranges are dropped by reclaim.
+RECLAIMABLE: Final = ("expired", "dead owner")
+
+
+def lease_state(entry: Entry, now: float, seen: Verdicts | None = None) -> str:
+    """``live``, ``foreign``, ``dead owner`` or ``expired`` (see ``LeaseInfo``).
+
+    ``seen`` carries the verdicts of one pass over the state, so that each owner process is looked
+    up in /proc once however many ranges it holds.
+    """
     if entry.expires <= now:
         return "expired"
     owner = entry.owner
     if owner is None or not _owner.same_namespace(owner):
         return "foreign"
-    return "live" if _owner.is_alive(owner) else "dead owner"
+    key = (owner.pid, owner.start, owner.host, owner.ns)
+    seen = {} if seen is None else seen
+    if (verdict := seen.get(key)) is None:
+        verdict = seen[key] = "live" if _owner.is_alive(owner) else "dead owner"
+    return verdict
 
 
-def lease_info(entry: Entry, now: float) -> LeaseInfo:
+def lease_info(entry: Entry, now: float, seen: Verdicts | None = None) -> LeaseInfo:
     owner = entry.owner or _owner.Owner(None, None, "", "", "")
     return LeaseInfo(
         entry.base, entry.size, entry.expires, owner.pid, owner.start, owner.host, owner.ns,
-        owner.label, lease_state(entry, now),
+        owner.label, lease_state(entry, now, seen),
     )
+
+
+def lease_infos(state: State, now: float) -> list[LeaseInfo]:
+    """Every range of ``state``, by base."""
+    seen: Verdicts = {}
+    return [lease_info(state.entries[base], now, seen) for base in state.bases]
 
 
 def reclaim(state: State, now: float) -> list[Entry]:
     """Drop expired ranges and ranges whose owner is provably dead; return them."""
-    verdicts: dict[tuple[int | None, int | None, str, str], bool] = {}
-    dropped = []
-    for base in list(state.bases):
-        entry = state.entries[base]
-        owner = entry.owner
-        dead = False
-        if owner is not None and owner.pid is not None:
-            key = (owner.pid, owner.start, owner.host, owner.ns)
-            if (dead := verdicts.get(key)) is None:  # type: ignore[assignment]
-                dead = verdicts[key] = _owner.is_provably_dead(owner)
-        if dead or entry.expires <= now:
-            state.remove(base)
-            dropped.append(entry)
+    seen: Verdicts = {}
+    dropped = [e for e in state.entries.values() if lease_state(e, now, seen) in RECLAIMABLE]
     for entry in dropped:
-        log.debug("reclaimed %s-%s (%s)", entry.base, entry.end, lease_state(entry, now))
+        state.remove(entry.base)
+        log.debug("reclaimed %s-%s (%s)", entry.base, entry.end, lease_state(entry, now, seen))
     return dropped
 
 
@@ -326,17 +336,18 @@ class PortLeaser:
                 continue
             busy = _probe.first_busy(range(base, base + size))
             if busy is None:
+                log.debug("probed %d-%d: free", base, base + size - 1)
                 return base
-            log.debug("port %d is bound outside portlease", busy)
+            log.debug("probed %d-%d: port %d is bound outside portlease", base, base + size - 1, busy)
             base = busy + 1
         held = [e for e in state.entries.values() if e.base <= rng.high and e.end >= rng.low]
         ports = sum(min(e.end, rng.high) - max(e.base, rng.low) + 1 for e in held)
         raise PortRangeExhausted(
             f"no free block of {size} port(s) in range {rng} ({self.range_setting.source}): "
             f"{len(held)} live lease(s) hold {ports} of its {rng.size} ports and the rest that "
-            f"were probed are bound by other processes; widen the range (--portlease-range or "
-            f"PORTLEASE_RANGE), release leases, or run `portlease status --dir {self.directory}` "
-            f"to see who holds them"
+            f"were probed are bound by other processes; widen the range where it was set "
+            f"({self.range_setting.source}), release leases, or run "
+            f"`portlease --dir {self.directory} status` to see who holds them"
         )
 
     def _exact(self, state: State, port: int, size: int) -> int:
@@ -378,6 +389,13 @@ class PortLeaser:
             del self._held[base]
         log.debug("released %s", block)
         return True
+
+    def detach(self, block_or_base: PortBlock | int) -> bool:
+        """Stop holding a lease without releasing it: it lives on until its TTL ends it (or its
+        owner dies), and this leaser no longer renews or releases it. False when not held."""
+        base = block_or_base.base if isinstance(block_or_base, PortBlock) else block_or_base
+        with self._mutex:
+            return self._held.pop(base, None) is not None
 
     def release_all(self) -> None:
         """Release every lease this leaser holds, in one lock round-trip."""
@@ -503,13 +521,25 @@ class LeaseStats:
         self.seconds += seconds
 
 
-def read_status(directory: Path) -> list[LeaseInfo]:
-    """The ranges of the state in ``directory``, by base, without creating or changing anything."""
+def read_state(directory: Path) -> Loaded | None:
+    """The state in ``directory`` with its problems, read without creating or changing
+    anything (no backup, no warning); None when there is no state file."""
     store = Store(directory, "argument")
+    if not os.path.lexists(store.state_path):
+        return None
     with _shared_lock(store.lock_path):
-        state = store.load(repair=False)
-    now = time.time()
-    return [lease_info(state.entries[base], now) for base in state.bases]
+        data = store.read_bytes()
+    return parse_tolerant(data)
+
+
+def read_status(directory: Path) -> list[LeaseInfo]:
+    """The ranges of the state in ``directory``, by base; warns about what could not be read."""
+    loaded = read_state(directory)
+    if loaded is None:
+        return []
+    for problem in loaded.problems:
+        warnings.warn(f"{directory / STATE_NAME}: {problem}", PortleaseWarning, stacklevel=3)
+    return lease_infos(loaded.state, time.time())
 
 
 def _poll_lock(fd: int, timeout: float) -> bool:

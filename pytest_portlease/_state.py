@@ -82,13 +82,18 @@ class State:
         self.dirty = False  # changed since loaded: the transaction saves it
 
     def _find_overlap(self) -> tuple[Entry, Entry] | None:
+        # Runs on every state loaded that another writer changed: at 1,000 ranges the plain
+        # version (``Entry.end`` through the property, twice a range) cost a quarter of a lease.
         reach: Entry | None = None
+        reach_end = -1
+        entries = self.entries
         for base in self.bases:
-            entry = self.entries[base]
-            if reach is not None and base <= reach.end:
+            entry = entries[base]
+            if reach is not None and base <= reach_end:
                 return reach, entry
-            if reach is None or entry.end > reach.end:
-                reach = entry
+            end = base + entry.size - 1
+            if end > reach_end:
+                reach, reach_end = entry, end
         return None
 
     def add(self, entry: Entry) -> None:
@@ -129,6 +134,7 @@ class Loaded:
     state: State
     problems: list[str]
     lossy: bool  # something was dropped or changed: the original bytes deserve a backup
+    size: int = 0  # of the bytes parsed
 
 
 def _is_int(value: object) -> bool:
@@ -191,6 +197,12 @@ def _salvage(text: str) -> dict[str, Any]:
 
 def parse_tolerant(data: bytes) -> Loaded:
     """Parse any bytes; keep every valid range and describe everything that was not."""
+    loaded = _parse_tolerant(data)
+    loaded.size = len(data)
+    return loaded
+
+
+def _parse_tolerant(data: bytes) -> Loaded:
     problems: list[str] = []
     if not data.strip():
         return Loaded(State(0, {}, {}), problems, lossy=False)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from . import _portfor
 from ._config import (
     DIR_HELP,
     RANGE_HELP,
@@ -135,9 +136,9 @@ class PortleaseSession:
             try:
                 yield leaser
             finally:
-                self._keep_warnings(caught)
+                self.keep_warnings(caught)
 
-    def _keep_warnings(self, caught: list[warnings.WarningMessage]) -> None:
+    def keep_warnings(self, caught: list[warnings.WarningMessage]) -> None:
         for w in caught:
             text = f"{w.category.__name__}: {w.message}"
             if text not in self.warnings:
@@ -209,7 +210,7 @@ class PortleaseSession:
                     f"{type(e).__name__}: could not release this session's leases ({e}); "
                     f"they expire after {self.ttl.value:g}s"
                 )
-        self._keep_warnings(caught)
+        self.keep_warnings(caught)
         stats = leaser.stats  # port_leaser users lease directly: count from the engine
         for name in _FIGURES:
             self.figures[name] += getattr(stats, name)
@@ -322,6 +323,11 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("help"):
         return  # a bad setting must not keep --help from showing how to fix it
     session = config.stash[_session_key] = PortleaseSession(config)
+    # get_port leases for this session (lazily: the directory is touched at the first call).
+    # Each returns its undo, because pytester runs a pytest session inside another one.
+    config.add_cleanup(_portfor.use_session_leaser(lambda: session.leaser, keep_warnings=session.keep_warnings))
+    if session.patch_port_for:
+        config.add_cleanup(_portfor.patch_port_for())
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(XdistHooks(session), "portlease-xdist")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import random
 from pathlib import Path
 
 import pytest
@@ -23,14 +23,30 @@ def worker_range() -> PortRange:
     return PortRange(low, low + _SLICE - 1)
 
 
+def free_window(size: int = 200) -> PortRange:
+    """A window of this worker's slice whose every port probes free now.
+
+    Tests that expect exact bases (the range's first ports) use it: an earlier test may have left
+    a port of the slice in TIME_WAIT, or a server on it that a fixture is still stopping.
+    """
+    from pytest_portlease import _probe
+
+    rng = worker_range()
+    starts = list(range(rng.low, rng.high - size + 2, size))
+    random.shuffle(starts)
+    for low in starts:
+        if _probe.first_busy(range(low, low + size)) is None:
+            return PortRange(low, low + size - 1)
+    raise AssertionError(f"no window of {size} free ports in {rng}")
+
+
 @pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for var in ("PORTLEASE_DIR", "PORTLEASE_RANGE", "PORTLEASE_TTL", "FM_PORTALLOC_DATA_DIR",
                 "PORTLEASE_PATCH_PORT_FOR"):
         monkeypatch.delenv(var, raising=False)
     # platformdirs' default must never point at the developer's real cache from a test.
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
-    yield
 
 
 @pytest.fixture

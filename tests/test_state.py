@@ -9,10 +9,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import free_window
 
 from pytest_portlease import PortLeaser, PortleaseWarning
 from pytest_portlease._config import PortRange
 from pytest_portlease._state import BACKUP_PREFIX, KEEP_BACKUPS, STATE_NAME, Store, _warned
+
+
+@pytest.fixture
+def port_range() -> PortRange:
+    """These tests expect exact bases: a window of the worker's ports that probes free now."""
+    return free_window()
 
 
 @pytest.fixture(autouse=True)

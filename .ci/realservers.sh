@@ -1,0 +1,190 @@
+#!/usr/bin/env bash
+# Real PostgreSQL and Redis servers on leased ports, under xdist, in two pytest runs at once.
+#
+# Installs the servers if they are missing, then runs examples/realservers with -n 4 twice at
+# the same time: two pytest processes sharing one --portlease-dir and one narrow port range.
+# Fails unless both pass with no port conflict; prints how many servers started and how many
+# conflicts there were. PostgreSQL refuses to run as root, so as root the suite runs as the
+# `postgres` user that the Debian package creates (runuser), from a virtualenv that user can
+# read (the project's own .venv may sit under /root).
+#
+# Environment:
+#   REALSERVERS_MODE=contrast   the switch off: port-for chooses, from the same ports
+#                               (REALSERVERS_PORTS); reports, never fails. Not run by CI.
+#   REALSERVERS_REPEAT=N        double runs to make (default 1)
+#   REALSERVERS_RANGE=LOW-HIGH  the ports both runs share (default 15000-15099)
+#   REALSERVERS_WORKERS=N       xdist workers per run (default 4)
+#   REALSERVERS_TIMEOUT=S       seconds one pytest run may take (default 300): a worker that
+#                               shares a port with the other run can wait forever
+#   REALSERVERS_PYTHON=PATH     an interpreter with pytest-portlease[test] installed
+#   REALSERVERS_VENV=DIR        where to build one otherwise (default /var/tmp/portlease-realservers)
+set -euo pipefail
+umask 022
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+MODE=${REALSERVERS_MODE:-patched}
+REPEAT=${REALSERVERS_REPEAT:-1}
+RANGE=${REALSERVERS_RANGE:-15000-15099}
+WORKERS=${REALSERVERS_WORKERS:-4}
+TIMEOUT=${REALSERVERS_TIMEOUT:-300}
+VENV=${REALSERVERS_VENV:-/var/tmp/portlease-realservers}
+
+say() { printf 'realservers: %s\n' "$*"; }
+die() { say "FAILED: $*" >&2; exit 1; }
+[[ $MODE == patched || $MODE == contrast ]] || die "REALSERVERS_MODE must be patched or contrast, not '$MODE'"
+
+is_root() { [[ $(id -u) == 0 ]]; }
+
+# -- the servers (and, as root, what the unprivileged run needs) ------------------------------
+updated=
+apt_install() {
+    is_root || die "install $* first (apt-get install $*)"
+    say "installing $*"
+    # We start servers of our own on leased ports: keep the packages' services from starting.
+    local policy=/usr/sbin/policy-rc.d
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy"
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    [[ -n $updated ]] || apt-get update -qq >/dev/null
+    updated=1
+    apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+missing=()
+compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' >/dev/null || command -v pg_ctl >/dev/null \
+    || missing+=(postgresql)
+command -v redis-server >/dev/null || missing+=(redis-server)
+((${#missing[@]} == 0)) || apt_install "${missing[@]}"
+
+RUNAS=()
+RUNNER=$(id -un)
+if is_root; then
+    RUNNER=postgres
+    id postgres >/dev/null 2>&1 || die "no 'postgres' user: is the postgresql package installed?"
+    RUNAS=(runuser -u postgres --)
+    runuser -u postgres -- test -r "$ROOT/examples/realservers/conftest.py" \
+        || die "the postgres user cannot read $ROOT: check the permissions of its parents"
+fi
+
+PY=${REALSERVERS_PYTHON:-$ROOT/.venv/bin/python}
+imports='import pytest_portlease, pytest_postgresql, pytest_redis, xdist, psycopg'
+if ! "${RUNAS[@]}" "$PY" -c "$imports" 2>/dev/null; then
+    [[ -z ${REALSERVERS_PYTHON:-} ]] || die "$PY cannot import the suite's dependencies ($imports)"
+    is_root || die "$PY lacks the test extra: pip install -e '$ROOT[test]'"
+    # An editable install: the venv follows the working tree; rebuilt when pyproject changes.
+    stamp="$ROOT $(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
+    if [[ $(cat "$VENV/.stamp" 2>/dev/null) != "$stamp" ]]; then
+        say "building $VENV for the postgres user"
+        rm -rf "$VENV"
+        # Debian's python3 makes venvs only with python3-venv (ensurepip) installed.
+        /usr/bin/python3 -m venv "$VENV" >/dev/null 2>&1 \
+            || { apt_install python3-venv && rm -rf "$VENV" && /usr/bin/python3 -m venv "$VENV"; }
+        "$VENV/bin/pip" install -q --disable-pip-version-check -e "$ROOT[test]" \
+            >"$VENV.pip.log" 2>&1 || { cat "$VENV.pip.log"; die "could not install $ROOT[test]"; }
+        printf '%s\n' "$stamp" >"$VENV/.stamp"
+    fi
+    PY=$VENV/bin/python
+    "${RUNAS[@]}" "$PY" -c "$imports" || die "$PY cannot import the suite's dependencies"
+fi
+
+# -- the double runs ----------------------------------------------------------------------------
+WORK=$(mktemp -d /tmp/portlease-realservers.XXXXXX)
+is_root && chown postgres: "$WORK"
+RECORD=$WORK/record.jsonl
+args=(-m pytest examples/realservers -n "$WORKERS" -q -rs
+      --portlease-dir "$WORK/leases" --portlease-range "$RANGE")
+extra_env=()
+if [[ $MODE == patched ]]; then
+    args+=(--portlease-patch-port-for)
+else
+    extra_env=(REALSERVERS_PORTS="$RANGE")  # port-for chooses from the same ports
+fi
+
+say "$MODE: $REPEAT x 2 concurrent runs of examples/realservers, -n $WORKERS, ports $RANGE"
+say "as $(is_root && echo postgres || id -un), with $PY; logs in $WORK"
+# Processes of this script's runs that outlived them (after a timeout): the servers by their
+# working directory (PostgreSQL and Redis chdir into their data directory under $WORK), and
+# pytest's workers by the record file named in their environment.
+reap_leftovers() {
+    local proc pid n=0 uid
+    uid=$(id -u "$RUNNER")
+    for proc in /proc/[0-9]*; do
+        [[ $(stat -c %u "$proc" 2>/dev/null) == "$uid" ]] || continue
+        pid=${proc#/proc/}
+        if [[ $(readlink "/proc/$pid/cwd" 2>/dev/null) == "$WORK"/* ]] \
+            || { tr '\0' '\n' <"/proc/$pid/environ"; } 2>/dev/null | grep -qxF "REALSERVERS_RECORD=$RECORD"; then
+            kill -KILL "$pid" 2>/dev/null && n=$((n + 1))
+        fi
+    done
+    ((n == 0)) || say "killed $n leftover process(es) of timed-out runs"
+}
+
+started_at=$SECONDS
+failed_runs=0
+cd "$ROOT"
+for round in $(seq "$REPEAT"); do
+    pids=()
+    for run in a b; do
+        "${RUNAS[@]}" timeout -k 10 "$TIMEOUT" \
+            env -u PORTLEASE_PATCH_PORT_FOR -u PORTLEASE_DIR -u PORTLEASE_RANGE \
+            PATH="/usr/local/bin:/usr/bin:/bin" HOME="$WORK" PYTHONDONTWRITEBYTECODE=1 \
+            REALSERVERS_RECORD="$RECORD" REALSERVERS_RUN="$round$run" "${extra_env[@]}" \
+            "$PY" "${args[@]}" --basetemp "$WORK/t$round$run" >"$WORK/run-$round$run.log" 2>&1 &
+        pids+=($!)
+    done
+    for i in 0 1; do
+        run=$([[ $i == 0 ]] && echo a || echo b)
+        if wait "${pids[$i]}"; then rc=0; else rc=$?; fi
+        ((rc != 124 && rc != 137)) || echo "timed out after ${TIMEOUT}s" >>"$WORK/run-$round$run.log"
+        say "run $round$run: exit $rc: $(tail -n 1 "$WORK/run-$round$run.log")"
+        if ((rc != 0)); then
+            failed_runs=$((failed_runs + 1))
+            [[ $MODE == contrast ]] || cat "$WORK/run-$round$run.log"
+        fi
+    done
+    reap_leftovers
+done
+
+in_logs=$(cat "$WORK"/run-*.log | grep -ci 'address already in use' || true)
+skipped=$(cat "$WORK"/run-*.log | grep -c '^SKIPPED' || true)
+summary=$("$PY" - "$RECORD" "$in_logs" <<'EOF'
+import json, sys
+from itertools import combinations
+
+records = [json.loads(line) for line in open(sys.argv[1])] if len(sys.argv) > 1 else []
+started = [r for r in records if r["event"] == "started"]
+failed = [r for r in records if r["event"] == "failed"]
+in_use = [r for r in failed if "address already in use" in (r["message"] + r["log"]).lower()]
+already = [r for r in failed if r["error"] == "AlreadyRunning" and r not in in_use]
+# Two servers "started" on one port at once is a silent conflict: mirakuru found the other
+# run's server answering and took it for its own. A server never seen to stop (its run timed
+# out) lived at most until its run's last record.
+run_end = {}
+for r in records:
+    run_end[r["run"]] = max(run_end.get(r["run"], 0), r["t"])
+def life(r):
+    stops = [s["t"] for s in records if s["event"] == "stopped" and s["t"] >= r["t"]
+             and (s["run"], s["pid"], s["server"], s["port"]) == (r["run"], r["pid"], r["server"], r["port"])]
+    return r["t"], min(stops, default=run_end[r["run"]])
+shared = sum(1 for a, b in combinations(started, 2) if a["port"] == b["port"]
+             and max(life(a)[0], life(b)[0]) < min(life(a)[1], life(b)[1]))
+conflicts = len(in_use) + len(already) + shared
+kinds = {k: sum(r["server"] == k for r in started) for k in ("postgresql", "redis")}
+print(f"{len(started)} {conflicts} {len(failed)} {kinds['postgresql']} {kinds['redis']} "
+      f"{len(in_use)} {len(already)} {shared} {int(sys.argv[2])}")
+EOF
+)
+read -r servers conflicts failed_starts pg redis in_use already shared in_logs <<<"$summary"
+say "$MODE: $servers servers started ($pg postgresql, $redis redis), $failed_starts failed starts," \
+    "$conflicts port conflicts ($in_use address already in use, $already already running on" \
+    "the port, $shared ports served twice; 'address already in use' in pytest logs: $in_logs)," \
+    "$failed_runs of $((2 * REPEAT)) pytest runs failed, $((SECONDS - started_at))s"
+
+if [[ $MODE == patched ]]; then
+    ((failed_runs == 0)) || die "$failed_runs pytest run(s) failed"
+    ((conflicts == 0 && in_logs == 0)) || die "$conflicts port conflict(s)"
+    ((skipped == 0)) || die "$skipped skip line(s): a server or plugin is missing"
+    ((servers >= 4 * WORKERS * REPEAT)) || die "only $servers servers started"
+fi
+rm -rf "$WORK"

@@ -1,0 +1,92 @@
+"""Real PostgreSQL and Redis servers, one of each per xdist worker, on leased ports.
+
+pytest-postgresql's ``postgresql_proc`` and pytest-redis's ``redis_proc`` pick their ports with
+port-for, which nothing shares between processes. One switch routes that choice through
+portlease, with no other change to how their fixtures are used:
+
+    pytest examples/realservers -n 4 --portlease-patch-port-for
+
+test_leased_explicitly.py shows the explicit way, without the switch: lease a port with
+``port_block`` and start the server on it. .ci/realservers.sh runs this suite twice at the same
+time on one lease directory, as an unprivileged user: PostgreSQL refuses to run as root.
+
+Settings read from the environment:
+  REALSERVERS_PORTS=LOW-HIGH  give both process fixtures ``port=(LOW, HIGH)``, so that port-for
+                              (switch off) and portlease (switch on) choose from the same ports
+  REALSERVERS_RECORD=FILE     append one JSON line per server start, failure and stop
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+from types import ModuleType
+
+import pytest
+
+pg_factories: ModuleType | None
+redis_factories: ModuleType | None
+try:
+    from pytest_postgresql import factories as pg_factories
+    from pytest_redis import factories as redis_factories
+except ImportError:  # the skips below say what to install
+    pg_factories = redis_factories = None
+
+pytest_plugins = ["bookkeeping"]
+
+POSTGRESQL_FIXTURES = {"postgresql", "postgresql_proc", "postgresql_server", "postgresql_client"}
+REDIS_FIXTURES = {"redisdb", "redis_proc", "redis_server", "redis_client"}
+
+
+def find_pg_ctl() -> str | None:
+    """pg_ctl on PATH, or the newest of Debian's /usr/lib/postgresql/<version>/bin/pg_ctl
+    (Debian keeps it off PATH; pytest-postgresql's default names version 14 only)."""
+    if found := shutil.which("pg_ctl"):
+        return found
+    versions = glob.glob("/usr/lib/postgresql/*/bin/pg_ctl")
+    return max(versions, key=lambda p: int(p.split("/")[4]), default=None)
+
+
+def postgresql_missing(config: pytest.Config) -> str | None:
+    if pg_factories is None:
+        return "pytest-postgresql is not installed (pip install 'pytest-portlease[test]')"
+    if config.getoption("postgresql_exec") is None:
+        return "PostgreSQL is not installed: no pg_ctl (Debian: apt-get install postgresql)"
+    if os.geteuid() == 0:
+        return (
+            "PostgreSQL refuses to run as root: run this suite as an unprivileged user "
+            "(.ci/realservers.sh runs it as 'postgres')"
+        )
+    return None
+
+
+def redis_missing(config: pytest.Config) -> str | None:
+    if redis_factories is None:
+        return "pytest-redis is not installed (pip install 'pytest-portlease[test]')"
+    if not config.getini("redis_exec") and not config.getoption("redis_exec"):
+        return "Redis is not installed: no redis-server (Debian: apt-get install redis-server)"
+    return None
+
+
+@pytest.hookimpl(trylast=True)  # after the portlease plugin's own configure
+def pytest_configure(config: pytest.Config) -> None:
+    if pg_factories is not None and config.getoption("postgresql_exec") is None:
+        config.option.postgresql_exec = find_pg_ctl()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    missing = {"postgresql": postgresql_missing(config), "redis": redis_missing(config)}
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        for server, fixtures in (("postgresql", POSTGRESQL_FIXTURES), ("redis", REDIS_FIXTURES)):
+            if names & fixtures and (reason := missing[server]):
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+# Both process fixtures choose from REALSERVERS_PORTS when it is set; the client fixtures
+# (postgresql, redisdb) look the process fixture up by name, so they follow.
+if (_ports := os.environ.get("REALSERVERS_PORTS")) and pg_factories and redis_factories:
+    _low, _, _high = _ports.partition("-")
+    postgresql_proc = pg_factories.postgresql_proc(port=(int(_low), int(_high)))
+    redis_proc = redis_factories.redis_proc(port=(int(_low), int(_high)))
