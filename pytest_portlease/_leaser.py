@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -444,6 +444,21 @@ class PortLeaser:
         for block in lost:
             log.warning("lease %s was taken over by another holder while we held it", block)
         return lost
+
+    @contextlib.contextmanager
+    def recording_warnings(self, sink: Callable[[list[warnings.WarningMessage]], None]) -> Iterator[PortLeaser]:
+        """Hand the warnings raised while the body leases to ``sink`` instead of raising them.
+
+        For pytest: a suite under -W error must not fail because another process left a corrupt
+        state behind. catch_warnings is process-wide; holding the mutex keeps this leaser's other
+        threads from warning into (or out of) it.
+        """
+        with self._mutex, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                yield self
+            finally:
+                sink(caught)
 
     def status(self) -> list[LeaseInfo]:
         """Every range in the state, by base. Reads only: creates and changes nothing."""

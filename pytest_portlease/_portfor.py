@@ -106,14 +106,8 @@ def _leasing() -> Iterator[PortLeaser]:
     if hook.keep_warnings is None:
         yield leaser
         return
-    # catch_warnings is process-wide; holding the leaser's mutex keeps its heartbeat from
-    # warning into (or out of) it, as the plugin's own fixtures do.
-    with leaser._mutex, warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            yield leaser
-        finally:
-            hook.keep_warnings(caught)
+    with leaser.recording_warnings(hook.keep_warnings):
+        yield leaser
 
 
 def _default_leaser() -> PortLeaser:

@@ -127,16 +127,8 @@ class PortleaseSession:
 
     @contextlib.contextmanager
     def _leasing(self) -> Iterator[PortLeaser]:
-        # Library warnings are recorded, never raised: under -W error a suite must not fail
-        # because another process left a corrupt state behind. catch_warnings is process-wide;
-        # holding the leaser's mutex keeps its heartbeat from warning into (or out of) it.
-        leaser = self.leaser
-        with leaser._mutex, warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                yield leaser
-            finally:
-                self.keep_warnings(caught)
+        with self.leaser.recording_warnings(self.keep_warnings) as leaser:
+            yield leaser
 
     def keep_warnings(self, caught: list[warnings.WarningMessage]) -> None:
         for w in caught:
