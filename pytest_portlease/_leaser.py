@@ -103,10 +103,7 @@ class LeaseInfo:
         return self.base + self.size - 1
 
 
-Verdicts = dict[tuple[int | None, int | None, str, str], str]
-
-#: The states whose ranges are dropped by reclaim.
-RECLAIMABLE: Final = ("expired", "dead owner")
+Verdicts = dict[_owner.Process, str]
 
 
 def lease_state(entry: Entry, now: float, seen: Verdicts | None = None) -> str:
@@ -117,13 +114,13 @@ def lease_state(entry: Entry, now: float, seen: Verdicts | None = None) -> str:
     """
     if entry.expires <= now:
         return "expired"
-    owner = entry.owner
-    if owner is None or not _owner.same_namespace(owner):
+    process = entry.process
+    if process is None:
         return "foreign"
-    key = (owner.pid, owner.start, owner.host, owner.ns)
-    seen = {} if seen is None else seen
-    if (verdict := seen.get(key)) is None:
-        verdict = seen[key] = "live" if _owner.is_alive(owner) else "dead owner"
+    if seen is None:
+        return _owner.process_state(process)
+    if (verdict := seen.get(process)) is None:
+        verdict = seen[process] = _owner.process_state(process)
     return verdict
 
 
@@ -142,12 +139,19 @@ def lease_infos(state: State, now: float) -> list[LeaseInfo]:
 
 
 def reclaim(state: State, now: float) -> list[Entry]:
-    """Drop expired ranges and ranges whose owner is provably dead; return them."""
-    seen: Verdicts = {}
-    dropped = [e for e in state.entries.values() if lease_state(e, now, seen) in RECLAIMABLE]
+    """Drop expired ranges and ranges whose owner is provably dead; return them.
+
+    Runs in every lease, so it looks at each owning process once, and at every range only when
+    one of them died or some range may have expired.
+    """
+    dead = {p for p in state.processes if _owner.process_state(p) == "dead owner"}
+    if not dead and now < state.soonest:
+        return []
+    dropped = [e for e in state.entries.values() if e.expires <= now or e.process in dead]
     for entry in dropped:
         state.remove(entry.base)
-        log.debug("reclaimed %s-%s (%s)", entry.base, entry.end, lease_state(entry, now, seen))
+        log.debug("reclaimed %s-%s (%s)", entry.base, entry.end, "expired" if entry.expires <= now else "dead owner")
+    state.soonest = min((e.expires for e in state.entries.values()), default=math.inf)
     return dropped
 
 

@@ -11,9 +11,18 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+
+
+class Process(NamedTuple):
+    """The identity of an owning process, without the label: what liveness is decided on."""
+
+    pid: int
+    start: int | None
+    host: str
+    ns: str
 
 
 @dataclass(frozen=True)
@@ -47,6 +56,11 @@ class Owner:
         if not all(isinstance(v, str) for v in (host, ns, label)):
             return None
         return cls(pid, start, host, ns, label)
+
+    @cached_property
+    def process(self) -> Process | None:
+        """The owning process, or None for a lease that no process owns (TTL only)."""
+        return None if self.pid is None else Process(self.pid, self.start, self.host, self.ns)
 
     def describe(self) -> str:
         """``pid@host``, or ``@host`` for a lease that no process owns."""
@@ -121,25 +135,19 @@ def _own_start(pid: int) -> int | None:
     return process_start(pid)  # keyed by pid, so a forked child looks itself up afresh
 
 
-def same_namespace(owner: Owner) -> bool:
+def process_state(process: Process) -> str:
+    """``live``, ``dead owner``, or ``foreign`` when we cannot see the process.
+
+    Dead is proven only for a process that shares our host, boot and PID namespace and whose pid
+    is gone or now belongs to a process that started at another time (pid reuse).
+    """
     ns = namespace()
-    return bool(ns) and owner.ns == ns and owner.host == hostname() and owner.pid is not None
-
-
-def is_alive(owner: Owner) -> bool:
-    """True only when the owner is visible to us and its process is still the one recorded."""
-    if not same_namespace(owner):
-        return False
-    pid = owner.pid
-    assert pid is not None  # same_namespace checked it
+    if not ns or process.ns != ns or process.host != hostname():
+        return "foreign"
+    pid = process.pid
     start = _own_start(pid) if pid == os.getpid() else process_start(pid)
-    return start is not None and (owner.start is None or start == owner.start)
-
-
-def is_provably_dead(owner: Owner) -> bool:
-    """True only when the owner shares our host, boot and PID namespace and its pid is gone
-    or now belongs to a process that started at another time (pid reuse)."""
-    return same_namespace(owner) and not is_alive(owner)
+    alive = start is not None and (process.start is None or start == process.start)
+    return "live" if alive else "dead owner"
 
 
 def lock_holder_pid(lock_path: Path) -> int | None:

@@ -20,13 +20,14 @@ import stat
 import threading
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from ._owner import Owner
+from ._owner import Owner, Process
 from .errors import PortleaseError, PortleaseWarning
 
 STATE_NAME = "fm-portalloc.json"
@@ -60,6 +61,10 @@ class Entry:
     def end(self) -> int:
         return self.base + self.size - 1
 
+    @property
+    def process(self) -> Process | None:
+        return None if self.owner is None else self.owner.process
+
     @cached_property
     def line(self) -> bytes:
         """The entry as one line of our layout. fedimint reads ``expires`` as a u64: write an int."""
@@ -80,6 +85,10 @@ class State:
         self.bases = sorted(entries)
         self.overlapping = self._find_overlap() is not None
         self.dirty = False  # changed since loaded: the transaction saves it
+        # What reclaim needs without a pass over every range: the owning processes (with how
+        # many ranges each holds), and a bound no range expires before.
+        self.processes: Counter[Process] = Counter(p for e in entries.values() if (p := e.process))
+        self.soonest = min((e.expires for e in entries.values()), default=math.inf)
 
     def _find_overlap(self) -> tuple[Entry, Entry] | None:
         # Runs on every state loaded that another writer changed: at 1,000 ranges the plain
@@ -97,19 +106,31 @@ class State:
         return None
 
     def add(self, entry: Entry) -> None:
-        if entry.base not in self.entries:
+        if entry.base in self.entries:
+            self._forget(self.entries[entry.base])
+        else:
             bisect.insort(self.bases, entry.base)
         self.entries[entry.base] = entry
+        if entry.process:
+            self.processes[entry.process] += 1
+        self.soonest = min(self.soonest, entry.expires)
         self.dirty = True
 
     def remove(self, base: int) -> Entry | None:
         entry = self.entries.pop(base, None)
         if entry is not None:
             del self.bases[bisect.bisect_left(self.bases, base)]
+            self._forget(entry)
             self.dirty = True
             if self.overlapping:
                 self.overlapping = self._find_overlap() is not None
         return entry
+
+    def _forget(self, entry: Entry) -> None:
+        if entry.process and (left := self.processes[entry.process] - 1):
+            self.processes[entry.process] = left
+        elif entry.process:
+            del self.processes[entry.process]
 
     def conflict(self, low: int, high: int) -> Entry | None:
         """An entry overlapping ``low..high``: the one reaching furthest, so a scan may jump past it."""

@@ -23,14 +23,17 @@ def _env_int(name: str, default: int) -> int:
     return int(raw) if raw else default
 
 
-def test_load_no_overlap_no_loss(lease_dir: Path, port_range: PortRange) -> None:
-    procs = _env_int("PORTLEASE_LOAD_PROCS", 8)
-    leases = _env_int("PORTLEASE_LOAD_LEASES", 40)
+def test_load_no_overlap_no_loss(
+    lease_dir: Path, port_range: PortRange, capsys: pytest.CaptureFixture[str]
+) -> None:
+    procs = _env_int("PORTLEASE_LOAD_PROCS", 12)
+    leases = _env_int("PORTLEASE_LOAD_LEASES", 60)
     seed = _env_int("PORTLEASE_LOAD_SEED", random.randrange(1_000_000))
     report = run_load(
         lease_dir, (port_range.low, port_range.high), procs=procs, leases=leases, seed=seed
     )
-    print(f"\n{report.summary()} (PORTLEASE_LOAD_SEED={seed})")
+    with capsys.disabled():  # the totals belong in the CI log, passed or not
+        print(f"\n{report.summary()} (PORTLEASE_LOAD_SEED={seed})")
 
     assert report.worker_errors == []
     assert report.overlaps == []
