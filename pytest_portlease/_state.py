@@ -143,9 +143,14 @@ class State:
         hits = [e for e in (self.entries[b] for b in self.bases[:i]) if e.end >= low]
         return max(hits, key=lambda e: e.end, default=None)
 
-    def encode(self) -> bytes:
+    def lines(self) -> list[bytes]:
+        """The ranges as lines of our layout, by base."""
+        entries = self.entries
+        return [entries[b].line for b in self.bases]
+
+    def encode(self, lines: list[bytes] | None = None) -> bytes:
         head = json.dumps({"next": self.next, **self.extra})[:-1] + ', "keys": {'
-        lines = [self.entries[b].line for b in self.bases]
+        lines = self.lines() if lines is None else lines
         parts = [head.encode("ascii"), b",\n".join(lines), b"}}\n"] if lines else [head.encode("ascii"), b"}}\n"]
         return b"\n".join(parts)
 
@@ -260,6 +265,28 @@ def _parse_tolerant(data: bytes) -> Loaded:
     return Loaded(state, problems, lossy)
 
 
+def _split_layout(data: bytes) -> tuple[dict[str, Any], list[bytes]] | None:
+    """The head (``next`` and any other top-level fields) and the range lines of our layout:
+    ``{"next": N, "keys": {`` / one ``"base": {...}`` per line, comma-terminated but the last /
+    ``}}``. None for any other layout."""
+    head_end = data.find(b"\n")
+    if head_end < 0 or not data.endswith(b"\n}}\n") or not data[:head_end].endswith(b'"keys": {'):
+        return None
+    try:
+        head = json.loads(data[:head_end] + b"}}")
+    except (ValueError, RecursionError):
+        return None
+    next_port = head.get("next")
+    if head.pop("keys", None) != {} or not _is_int(next_port) or not 0 <= next_port <= 65535:
+        return None
+    inner = data[head_end + 1 : -4]
+    if not inner:
+        return head, []
+    # A raw newline cannot occur inside a JSON string: every one here ends a line.
+    raws = inner.split(b",\n")
+    return (head, raws) if inner.count(b"\n") == len(raws) - 1 else None
+
+
 class Store:
     """The lease directory's files: reads and writes the state, with caches for the hot path.
 
@@ -277,6 +304,9 @@ class Store:
         self._state: State | None = None
         self._lines: dict[bytes, Entry] = {}
         self._next_sweep = 0.0
+        # The range lines of the cached bytes, when the cached state is exactly those lines
+        # (our layout): the next load then applies only the lines that changed.
+        self._lines_of_state: set[bytes] | None = None
 
     # -- the directory ---------------------------------------------------------------------
 
@@ -372,6 +402,7 @@ class Store:
             return self._state  # nobody wrote since we last read or wrote: skip the parse
         state = self._parse_lines(data)
         if state is None:
+            self._lines_of_state = None
             loaded = parse_tolerant(data)
             state = loaded.state
             if loaded.problems:
@@ -383,36 +414,63 @@ class Store:
         return state
 
     def _parse_lines(self, data: bytes) -> State | None:
-        """Parse our own layout, reusing the ranges of lines seen before; None for any other."""
-        lines = data.split(b"\n")
-        if len(lines) < 3 or lines[-1] or lines[-2] != b"}}" or not lines[0].endswith(b'"keys": {'):
+        """Parse our own layout, reusing what is already known; None for any other layout.
+
+        When we hold the state of the bytes we last saw, only the lines that differ are applied
+        to it: another writer usually changed one or two ranges, and rebuilding a state of
+        thousands would cost more than the rest of the lease.
+        """
+        layout = _split_layout(data)
+        if layout is None:
             return None
-        try:
-            head = json.loads(lines[0] + b"}}")
-        except (ValueError, RecursionError):
-            return None
-        next_port = head.get("next")
-        if head.get("keys") != {} or not _is_int(next_port) or not 0 <= next_port <= 65535:
-            return None
-        body = lines[1:-2]
-        entries: dict[int, Entry] = {}
+        head, raws = layout
         if len(self._lines) > _LINE_CACHE_MAX:
             self._lines.clear()
-        for i, line in enumerate(body):
-            last = i == len(body) - 1
-            if line.endswith(b",") == last:
-                return None
-            raw = line if last else line[:-1]
-            entry = self._lines.get(raw)
-            if entry is None:
-                entry = self._parse_line(raw)
-                if entry is None:
-                    return None
-                self._lines[raw] = entry
-            if entry.base in entries:
+        lines = set(raws)
+        if self._state is not None and self._lines_of_state is not None:
+            state = self._patch(self._state, self._lines_of_state, lines, len(raws))
+        else:
+            state = self._build(raws)
+        if state is None:
+            return None
+        self._lines_of_state = lines
+        state.next = head.pop("next")
+        state.extra = head
+        state.dirty = False
+        return state
+
+    def _entry_of(self, raw: bytes) -> Entry | None:
+        entry = self._lines.get(raw)
+        if entry is None and (entry := self._parse_line(raw)) is not None:
+            self._lines[raw] = entry
+        return entry
+
+    def _build(self, raws: list[bytes]) -> State | None:
+        entries: dict[int, Entry] = {}
+        for raw in raws:
+            if (entry := self._entry_of(raw)) is None or entry.base in entries:
                 return None
             entries[entry.base] = entry
-        return State(next_port, entries, {k: v for k, v in head.items() if k not in ("next", "keys")})
+        return State(0, entries, {})
+
+    def _patch(self, state: State, before: set[bytes], now: set[bytes], count: int) -> State | None:
+        added = []
+        for raw in now - before:
+            if (entry := self._entry_of(raw)) is None:
+                return None
+            added.append(entry)
+        replaced = {entry.base for entry in added}
+        for raw in before - now:
+            # Our lines start with the quoted base: '"20000": {...}'.
+            if (base := int(raw[1 : raw.index(b'"', 1)])) not in replaced:
+                state.remove(base)
+        for entry in added:
+            other = state.entries.get(entry.base)
+            if state.conflict(entry.base, entry.end) not in (None, other):
+                return None  # overlapping ranges: let the full parser report them
+            state.add(entry)
+        # Two lines with one base would leave fewer ranges than lines: the full parser decides.
+        return state if len(state.entries) == count else None
 
     @staticmethod
     def _parse_line(raw: bytes) -> Entry | None:
@@ -431,14 +489,15 @@ class Store:
 
     def save(self, state: State) -> None:
         """Write the state so that no reader and no crash ever sees it torn."""
-        data = state.encode()
+        lines = state.lines()
+        data = state.encode(lines)
         self._remove_stale_temps()
         try:
             self._write_new(self.state_path, data)
         except OSError as e:
             self.invalidate()
             raise self._fail("cannot be written", "make it and its state file writable", e) from None
-        self._bytes, self._state = data, state
+        self._bytes, self._state, self._lines_of_state = data, state, set(lines)
 
     def write_file(self, name: str, data: bytes) -> None:
         """Atomically replace another small file of ours in the directory (caller holds the lock)."""
@@ -457,7 +516,7 @@ class Store:
 
     def invalidate(self) -> None:
         """Forget the cached state (after a failure left it out of step with the file)."""
-        self._bytes = self._state = None
+        self._bytes = self._state = self._lines_of_state = None
 
     def _write_new(self, path: Path, data: bytes) -> None:
         # A temp file in the same directory, then an atomic rename: at every instant ``path``
