@@ -208,7 +208,7 @@ def _populate(args: dict[str, Any]) -> None:
 
     leaser = PortLeaser(args["directory"], port_range=SCALE_RANGE, ttl=3600)
     sizes = (1, 2, 1, 3, 1, 2)
-    with leaser._transaction() as state:  # one write, not thousands
+    with leaser.transaction() as state:  # one write, not thousands
         base, now = SCALE_RANGE[0], time.time()
         for i in range(args["leases"]):
             size = sizes[i % len(sizes)]

@@ -10,11 +10,12 @@ import sys
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Final, TypeVar
+from typing import Final
 
 from . import _owner, _probe, _state
 from ._config import (
@@ -27,7 +28,7 @@ from ._config import (
     resolve_range,
     resolve_ttl,
 )
-from ._state import STATE_NAME, Entry, Loaded, State, Store, inject, parse_tolerant
+from ._state import STATE_NAME, Entry, Loaded, State, Store, inject, outside_package, parse_tolerant
 from .errors import (
     InvalidArgument,
     LockTimeout,
@@ -42,7 +43,6 @@ log = logging.getLogger("pytest_portlease")
 #: ``owner_pid`` value meaning "the process that takes the lease".
 THIS_PROCESS: Final = 0
 
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -208,9 +208,11 @@ class PortLeaser:
         self._held: dict[int, tuple[PortBlock, float]] = {}  # base -> (block, ttl)
         self._mutex = threading.RLock()
         self._lock_fd: int | None = None
+        self._lock_closer: weakref.finalize[[int, int], PortLeaser] | None = None
         self._lock_pid = 0
         self._closed = False
         self._stop = threading.Event()
+        self._kick = threading.Event()  # wakes the heartbeat to recompute its interval
         self._heartbeat: threading.Thread | None = None
         if heartbeat:
             self.start_heartbeat()
@@ -236,8 +238,11 @@ class PortLeaser:
     # -- the critical section ------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[State]:
-        """Lock, load the state, let the caller change it, save it. One lock round-trip."""
+    def transaction(self) -> Iterator[State]:
+        """Lock, load the state, let the caller change it, save it if changed: one lock
+        round-trip. The low-level door for tools that edit leases they do not hold (the CLI's
+        release, renew and reclaim) or keep files of their own beside the state (the plugin's
+        named-block memory)."""
         with self._mutex:
             if self._closed:
                 raise PortleaseError("this PortLeaser is closed; create a new one")
@@ -267,6 +272,8 @@ class PortLeaser:
         if self._lock_fd is None or self._lock_pid != os.getpid():
             self._lock_fd = self.store.open_lock()
             self._lock_pid = os.getpid()
+            # A leaser dropped without close() must not leak its descriptor.
+            self._lock_closer = weakref.finalize(self, _close_quietly, self._lock_fd, self._lock_pid)
         if not _poll_lock(self._lock_fd, self.lock_timeout):
             pid = _owner.lock_holder_pid(self.store.lock_path)
             raise LockTimeout(os.fspath(self.store.lock_path), self.lock_timeout, pid)
@@ -303,19 +310,24 @@ class PortLeaser:
         else:
             self._warn_ephemeral(rng)
         full_label = " ".join(x for x in (self.label, label) if x)
-        with self._mutex, self._transaction() as state:
+        with self._mutex, self.transaction() as state:
             now = time.time()
             reclaim(state, now)
             if port is None:
                 base = self._next_fit(state, rng, size)
-                state.next = base + size
+                # Past the block, or back to the start: fedimint-portalloc reads `next` as a u16.
+                state.next = base + size if base + size <= rng.high else rng.low
             else:
                 base = self._exact(state, port, size)
             owner = self._owner(full_label)
             state.add(Entry(base, size, math.ceil(now + lease_ttl), owner))
-            block = PortBlock(base, size, full_label)
+        # Held only once the state is saved: a failed save must not leave a lease to renew.
+        block = PortBlock(base, size, full_label)
+        with self._mutex:
             self._held[base] = (block, lease_ttl)
             self.stats.add(block, time.perf_counter() - started)
+        if lease_ttl < self.ttl:
+            self._kick.set()  # the heartbeat may be waiting longer than this lease lives
         log.debug("leased %s for %gs as %r", block, lease_ttl, full_label)
         return block
 
@@ -374,7 +386,7 @@ class PortLeaser:
                 f"range {_probe.ephemeral_range()} at {overlap}: the kernel may give those ports "
                 f"to any outgoing connection; choose a range outside it",
                 PortleaseWarning,
-                stacklevel=3,
+                stacklevel=outside_package(),
             )
 
     # -- release and renewal -------------------------------------------------------------------
@@ -386,7 +398,7 @@ class PortLeaser:
             if base not in self._held:
                 return False
             block, _ = self._held[base]
-            with self._transaction() as state:
+            with self.transaction() as state:
                 entry = state.entries.get(base)
                 if entry is not None and self._is_mine(entry, block):
                     state.remove(base)
@@ -406,7 +418,7 @@ class PortLeaser:
         with self._mutex:
             if not self._held:
                 return
-            with self._transaction() as state:
+            with self.transaction() as state:
                 for base, (block, _) in self._held.items():
                     entry = state.entries.get(base)
                     if entry is not None and self._is_mine(entry, block):
@@ -432,7 +444,7 @@ class PortLeaser:
         with self._mutex:
             if not self._held:
                 return lost
-            with self._transaction() as state:
+            with self.transaction() as state:
                 now = time.time()
                 for base, (block, ttl) in list(self._held.items()):
                     entry = state.entries.get(base)
@@ -466,7 +478,7 @@ class PortLeaser:
 
     def status(self) -> list[LeaseInfo]:
         """Every range in the state, by base. Reads only: creates and changes nothing."""
-        return read_status(self.directory)
+        return read_status(self.directory, self.directory_setting.source)
 
     # -- heartbeat and close -------------------------------------------------------------------
 
@@ -483,7 +495,10 @@ class PortLeaser:
         # A warning raised here would land on whatever test runs now, or, under -W error, abort
         # the renewal: the heartbeat logs its warnings instead.
         _state.log_warnings_in_this_thread()
-        while not self._stop.wait(self._beat_interval()):
+        while not self._stop.is_set():
+            if self._kick.wait(self._beat_interval()):
+                self._kick.clear()
+                continue  # a shorter TTL arrived (or close): wait again, for the new interval
             try:
                 self.renew()
             except Exception as e:  # the heartbeat must outlive a stalled lock or a bad file
@@ -497,6 +512,7 @@ class PortLeaser:
     def close(self) -> None:
         """Stop the heartbeat and release every lease. Final: the leaser cannot lease again."""
         self._stop.set()
+        self._kick.set()
         if self._heartbeat is not None and self._heartbeat is not threading.current_thread():
             self._heartbeat.join()
         with self._mutex:
@@ -506,8 +522,8 @@ class PortLeaser:
                 self.release_all()
             finally:
                 self._closed = True
-                if self._lock_fd is not None and self._lock_pid == os.getpid():
-                    os.close(self._lock_fd)
+                if self._lock_closer is not None:
+                    self._lock_closer()
                 self._lock_fd = None
 
     def __enter__(self) -> PortLeaser:
@@ -540,10 +556,10 @@ class LeaseStats:
         self.seconds += seconds
 
 
-def read_state(directory: Path) -> Loaded | None:
-    """The state in ``directory`` with its problems, read without creating or changing
-    anything (no backup, no warning); None when there is no state file."""
-    store = Store(directory, "argument")
+def read_state(directory: Path, source: str = "argument") -> Loaded | None:
+    """The state in ``directory`` (set by ``source``) with its problems, read without creating
+    or changing anything (no backup, no warning); None when there is no state file."""
+    store = Store(directory, source)
     if not os.path.lexists(store.state_path):
         return None
     with _shared_lock(store.lock_path):
@@ -551,13 +567,13 @@ def read_state(directory: Path) -> Loaded | None:
     return parse_tolerant(data)
 
 
-def read_status(directory: Path) -> list[LeaseInfo]:
+def read_status(directory: Path, source: str = "argument") -> list[LeaseInfo]:
     """The ranges of the state in ``directory``, by base; warns about what could not be read."""
-    loaded = read_state(directory)
+    loaded = read_state(directory, source)
     if loaded is None:
         return []
     for problem in loaded.problems:
-        warnings.warn(f"{directory / STATE_NAME}: {problem}", PortleaseWarning, stacklevel=3)
+        warnings.warn(f"{directory / STATE_NAME}: {problem}", PortleaseWarning, stacklevel=outside_package())
     return lease_infos(loaded.state, time.time())
 
 
@@ -574,6 +590,12 @@ def _poll_lock(fd: int, timeout: float) -> bool:
             return False
         time.sleep(0.001)
     return True
+
+
+def _close_quietly(fd: int, pid: int) -> None:
+    if pid == os.getpid():  # a forked child's copy of the descriptor is not ours to close
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def _unlock(fd: int) -> None:

@@ -53,6 +53,8 @@ class Owner:
         host, ns, label = data.get("host", ""), data.get("ns", ""), data.get("label", "")
         if not all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in (pid, start)):
             return None
+        if pid is not None and pid <= 0:
+            return None  # no process has it: reading it as one would make the range look dead
         if not all(isinstance(v, str) for v in (host, ns, label)):
             return None
         return cls(pid, start, host, ns, label)
@@ -62,10 +64,6 @@ class Owner:
         """The owning process, or None for a lease that no process owns (TTL only)."""
         return None if self.pid is None else Process(self.pid, self.start, self.host, self.ns)
 
-    def describe(self) -> str:
-        """``pid@host``, or ``@host`` for a lease that no process owns."""
-        pid = "" if self.pid is None else str(self.pid)
-        return f"{pid}@{self.host}"
 
 
 def _read(path: str) -> str | None:

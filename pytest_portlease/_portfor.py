@@ -100,7 +100,12 @@ def use_session_leaser(
 def _leasing() -> Iterator[PortLeaser]:
     hook = _hook
     if hook is None:
-        yield _default_leaser()
+        leaser = _default_leaser()
+        try:
+            yield leaser
+        finally:
+            for block in leaser.held:
+                leaser.detach(block)  # TTL-only leases, which nobody renews or releases
         return
     leaser = hook.factory()
     if hook.keep_warnings is None:
@@ -119,6 +124,8 @@ def _default_leaser() -> PortLeaser:
     key = (settings[0].value, settings[1].value, settings[2].value)
     with _module_lock:
         if _module_leaser is None or _module_leaser[0] != key:
+            if _module_leaser is not None:
+                _module_leaser[1].close()  # it holds no lease (all detached): frees its lock fd
             leaser = PortLeaser(settings[0], port_range=settings[1], ttl=settings[2], owner_pid=None)
             _module_leaser = (key, leaser)
         return _module_leaser[1]

@@ -17,6 +17,7 @@ import math
 import os
 import re
 import stat
+import sys
 import threading
 import time
 import warnings
@@ -279,6 +280,8 @@ def _split_layout(data: bytes) -> tuple[dict[str, Any], list[bytes]] | None:
     next_port = head.get("next")
     if head.pop("keys", None) != {} or not _is_int(next_port) or not 0 <= next_port <= 65535:
         return None
+    if len(head) > 1 and not _is_json(head):
+        return None  # NaN or Infinity among the other fields: the full parser drops them
     inner = data[head_end + 1 : -4]
     if not inner:
         return head, []
@@ -662,5 +665,17 @@ def _warn_once(problem: str, detail: str = "") -> None:
     if problem in _warned:
         return
     _warned.add(problem)
-    warnings.warn(f"{problem}{detail}", PortleaseWarning, stacklevel=4)
+    warnings.warn(f"{problem}{detail}", PortleaseWarning, stacklevel=outside_package())
+
+
+def outside_package() -> int:
+    """The ``stacklevel`` that points a warning at the first caller outside this package (and
+    outside contextlib, whose context managers the engine runs in)."""
+    package = os.path.dirname(__file__)
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and (
+        frame.f_code.co_filename.startswith(package) or frame.f_code.co_filename == contextlib.__file__
+    ):
+        frame, level = frame.f_back, level + 1
+    return level
 

@@ -76,7 +76,7 @@ def read_snapshot(directory: Resolved[Path], port_range: Resolved[PortRange]) ->
             f"lease directory {path} from {directory.source} is not a directory: "
             f"point it at a directory"
         )
-    loaded = read_state(path)
+    loaded = read_state(path, directory.source)
     now = time.time()
     if loaded is None:
         return Snapshot(directory, port_range, True, None, None, [], [], now)

@@ -76,7 +76,7 @@ def _locked_state(args: argparse.Namespace) -> Iterator[State | None]:
         return
     leaser = PortLeaser(directory, port_range=_range(args), owner_pid=None, label="")
     try:
-        with leaser._transaction() as state:
+        with leaser.transaction() as state:
             yield state
     finally:
         leaser.close()

@@ -165,7 +165,7 @@ class PortleaseSession:
                 block = leaser.lease(size, port=base, label=label)
         if block is None:
             block = leaser.lease(size, label=label)
-        with leaser._transaction():  # the lock orders our read-modify-write against others'
+        with leaser.transaction():  # the lock orders our read-modify-write against others'
             names = _read_names(leaser.store.read_file(NAMES_FILE))
             names.pop(key, None)
             names[key] = {"base": block.base, "size": block.size, "used": int(time.time())}

@@ -23,6 +23,7 @@ from pytest_portlease import (
     InvalidArgument,
     LockTimeout,
     PortBlock,
+    PortleaseError,
     PortLeaser,
     PortRangeExhausted,
     PortUnavailable,
@@ -161,7 +162,7 @@ def test_release_all_and_close_are_final(leaser: PortLeaser, lease_dir: Path) ->
     leaser.close()
     leaser.close()
     assert state_keys(lease_dir) == {}
-    with pytest.raises(Exception, match="closed"):
+    with pytest.raises(PortleaseError, match="closed"):
         leaser.lease(1)
 
 
@@ -262,7 +263,7 @@ def test_bad_constructor_arguments(lease_dir: Path) -> None:
 def test_a_lease_directory_that_is_a_file(tmp_path: Path) -> None:
     path = tmp_path / "file"
     path.write_text("")
-    with pytest.raises(Exception, match=f"lease directory {path} from argument is not a directory"):
+    with pytest.raises(PortleaseError, match=f"lease directory {path} from argument is not a directory"):
         PortLeaser(path).lease(1)
 
 
@@ -388,7 +389,7 @@ def test_the_heartbeat_keeps_leases_past_their_ttl(lease_dir: Path, port_range: 
     with PortLeaser(lease_dir, port_range=port_range, ttl=1, heartbeat=True) as holder:
         block = holder.lease(2)
         time.sleep(2.5)
-        with PortLeaser(lease_dir, port_range=port_range) as other, pytest.raises(PortUnavailable):
+        with PortLeaser(lease_dir, port_range=port_range) as other, pytest.raises(PortUnavailable, match="held by"):
             other.lease(1, port=block.base)
     assert state_keys(lease_dir) == {}
 
@@ -495,3 +496,55 @@ def test_a_range_inside_the_ephemeral_range_warns_once(lease_dir: Path, monkeypa
         with pytest.warns(PortleaseWarning, match=rf"overlaps this host's ephemeral range {eph}"):
             leaser.lease(1)
         leaser.lease(1)  # once per process and range: no second warning (warnings are errors here)
+
+
+def test_a_shorter_per_lease_ttl_wakes_the_heartbeat(lease_dir: Path, port_range: PortRange) -> None:
+    # The leaser's TTL makes the heartbeat sleep 20 s; a 1 s lease must not expire meanwhile.
+    with PortLeaser(lease_dir, port_range=port_range, ttl=60, heartbeat=True) as holder:
+        block = holder.lease(1, ttl=1)
+        time.sleep(2.5)
+        with PortLeaser(lease_dir, port_range=port_range) as other, pytest.raises(PortUnavailable, match="held by"):
+            other.lease(1, port=block.base)
+
+
+def test_the_cursor_stays_a_u16_for_fedimint(lease_dir: Path) -> None:
+    with PortLeaser(lease_dir, port_range="65530-65535") as leaser:
+        leaser.lease(6)
+        assert json.loads((lease_dir / STATE_NAME).read_text())["next"] == 65530
+        leaser.release_all()
+        assert leaser.lease(2).base == 65530
+
+
+def test_a_failed_save_leaves_no_lease_behind(
+    lease_dir: Path, port_range: PortRange, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with PortLeaser(lease_dir, port_range=port_range) as leaser:
+        leaser.lease(1)
+        def refuse(path: Path, data: bytes) -> None:
+            raise PermissionError(13, "Permission denied")
+        monkeypatch.setattr(leaser.store, "_write_new", refuse)
+        with pytest.raises(PortleaseError, match="cannot be written"):
+            leaser.lease(2)
+        assert [b.size for b in leaser.held] == [1]  # nothing for the heartbeat to resurrect
+        monkeypatch.undo()
+        assert leaser.renew() == []
+        assert sorted(v["size"] for v in state_keys(lease_dir).values()) == [1]
+
+
+def test_read_errors_name_the_setting_source(lease_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (lease_dir / STATE_NAME).mkdir(parents=True)
+    monkeypatch.setenv("PORTLEASE_DIR", str(lease_dir))
+    with pytest.raises(PortleaseError, match=f"lease directory {lease_dir} from PORTLEASE_DIR"):
+        PortLeaser().status()
+
+
+def test_a_dropped_leaser_does_not_leak_its_lock_descriptor(lease_dir: Path, port_range: PortRange) -> None:
+    import gc
+
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(5):
+        leaser = PortLeaser(lease_dir, port_range=port_range)
+        leaser.detach(leaser.lease(1))
+        del leaser
+        gc.collect()
+    assert len(os.listdir("/proc/self/fd")) == before

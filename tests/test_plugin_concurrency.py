@@ -162,5 +162,6 @@ def test_hold(port_block):
         (out / "done").touch()
         (output,) = reap([proc])
     assert proc.returncode == 0, output
-    with PortLeaser(lease_dir, port_range=str(port_range)) as after:
-        assert after.lease(3, port=base).base == base  # released at the end of the session
+    # Released at the end of the session (asserted on the state, not by binding the ports, which
+    # another test's server may hold for a moment).
+    assert [i for i in PortLeaser(lease_dir).status() if i.base == base] == []

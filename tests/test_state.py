@@ -247,3 +247,13 @@ def test_our_layout_is_parsed_incrementally_and_equals_a_full_parse(
             int(k): (v["size"], leaser.store.load().entries[int(k)].owner)
             for k, v in json.loads(data)["keys"].items()
         }
+
+
+def test_an_owner_with_an_impossible_pid_is_malformed(lease_dir: Path, port_range: PortRange) -> None:
+    low = port_range.low
+    future = int(time.time()) + 600
+    owner = {"pid": 0, "start": 1, "host": "h", "ns": "n", "label": "x"}
+    keys = {str(low): {"size": 1, "expires": future, "owner": owner}}
+    write_state(lease_dir, json.dumps({"next": low, "keys": keys}))
+    with PortLeaser(lease_dir, port_range=port_range) as leaser, pytest.warns(PortleaseWarning, match="malformed"):
+        assert leaser.lease(1).base == low + 1  # kept as a range (TTL only), not reclaimed
