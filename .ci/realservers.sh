@@ -101,7 +101,7 @@ WORK=$(mktemp -d /tmp/portlease-realservers.XXXXXX)
 is_root && chown postgres: "$WORK"
 RECORD=$WORK/record.jsonl
 args=(-m pytest examples/realservers -n "$WORKERS" -q -rs
-      --portlease-dir "$WORK/leases" --portlease-range "$RANGE")
+      "--portlease-dir=$WORK/leases" "--portlease-range=$RANGE")
 extra_env=()
 if [[ $MODE == patched ]]; then
     args+=(--portlease-patch-port-for)
