@@ -301,6 +301,11 @@ class Store:
         self.source = source
         self.state_path = directory / STATE_NAME
         self.lock_path = directory / LOCK_NAME
+        # The hot path works on bytes paths: pathlib's joins and conversions cost more than
+        # the system calls they feed.
+        self._state_b = os.fsencode(self.state_path)
+        self._temp_b = b""
+        self._temp_pid = 0
         self.file_mode = 0o600
         self._prepared = False
         self._bytes: bytes | None = None
@@ -386,7 +391,7 @@ class Store:
     def read_bytes(self) -> bytes:
         """The state file's bytes; b"" when it is missing. A symlink is not followed."""
         try:
-            fd = _open_regular(self.state_path)
+            fd = _open_regular(self._state_b)
         except FileNotFoundError:
             return b""
         except OSError as e:
@@ -496,7 +501,7 @@ class Store:
         data = state.encode(lines)
         self._remove_stale_temps()
         try:
-            self._write_new(self.state_path, data)
+            self._write_new(self._state_b, data)
         except OSError as e:
             self.invalidate()
             raise self._fail("cannot be written", "make it and its state file writable", e) from None
@@ -521,7 +526,7 @@ class Store:
         """Forget the cached state (after a failure left it out of step with the file)."""
         self._bytes = self._state = self._lines_of_state = None
 
-    def _write_new(self, path: Path, data: bytes) -> None:
+    def _write_new(self, path: Path | bytes, data: bytes) -> None:
         # A temp file in the same directory, then an atomic rename: at every instant ``path``
         # names either the old complete file or the new one, and a crash leaves at worst a
         # stale temp file that the next writer removes.
@@ -531,7 +536,10 @@ class Store:
         # swaps the two names atomically without that flush (about 35 us); the old file, now
         # under the temp name, is then unlinked. Where the call is missing or refused (not
         # Linux, or a file system without it), os.replace gives the same guarantee, more slowly.
-        temp = self.directory / self._temp_name()
+        if self._temp_pid != os.getpid():  # named with our pid: recomputed in a forked child
+            self._temp_b = os.fsencode(self.directory / self._temp_name())
+            self._temp_pid = os.getpid()
+        temp, path = self._temp_b, os.fsencode(path)
         fd = self._create(temp, replace=True)
         try:
             try:
@@ -555,7 +563,7 @@ class Store:
             view = view[os.write(fd, view) :]
 
     @staticmethod
-    def _create(path: Path, *, replace: bool) -> int:
+    def _create(path: Path | bytes, *, replace: bool) -> int:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             return os.open(path, flags, 0o600)
@@ -597,7 +605,7 @@ class Store:
                 old.unlink()
 
 
-def _open_regular(path: Path) -> int:
+def _open_regular(path: Path | bytes) -> int:
     """Open a regular file for reading, never through a symlink; EISDIR for any other kind.
 
     O_NONBLOCK: opening a FIFO planted at one of our names would otherwise wait forever for a
@@ -625,7 +633,7 @@ _RENAME_EXCHANGE = 2
 _renameat2: Any = None
 
 
-def _exchange(src: Path, dst: Path) -> bool:
+def _exchange(src: bytes, dst: bytes) -> bool:
     """Atomically swap ``src`` and ``dst`` (Linux renameat2); False where that is not possible."""
     global _renameat2
     if _renameat2 is None:
@@ -638,14 +646,14 @@ def _exchange(src: Path, dst: Path) -> bool:
     if _renameat2 is False:
         return False
     at_fdcwd = -100
-    if _renameat2(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dst), _RENAME_EXCHANGE) == 0:
+    if _renameat2(at_fdcwd, src, at_fdcwd, dst, _RENAME_EXCHANGE) == 0:
         return True
     import ctypes
 
     err = ctypes.get_errno()
     if err in (errno.ENOENT, errno.EINVAL, errno.ENOSYS, errno.EXDEV, errno.EOPNOTSUPP):
         return False  # no file to swap with yet, or a kernel or file system without it
-    raise OSError(err, os.strerror(err), os.fspath(dst))
+    raise OSError(err, os.strerror(err), os.fsdecode(dst))
 
 
 _warned: set[str] = set()

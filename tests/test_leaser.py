@@ -520,7 +520,7 @@ def test_a_failed_save_leaves_no_lease_behind(
 ) -> None:
     with PortLeaser(lease_dir, port_range=port_range) as leaser:
         leaser.lease(1)
-        def refuse(path: Path, data: bytes) -> None:
+        def refuse(path: object, data: bytes) -> None:
             raise PermissionError(13, "Permission denied")
         monkeypatch.setattr(leaser.store, "_write_new", refuse)
         with pytest.raises(PortleaseError, match="cannot be written"):
