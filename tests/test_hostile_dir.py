@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _reliability import check_state_bytes, child_argv
+from _reliability import CHILD, check_state_bytes, child_argv
 
 import pytest_portlease
 from pytest_portlease import PortleaseError, PortLeaser, PortleaseWarning, _state
@@ -204,16 +204,30 @@ def _interpreters() -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def _child_env() -> dict[str, str]:
-    # The package from the source tree and its pure-Python dependencies (filelock, platformdirs)
-    # from our environment, whichever interpreter runs the child.
+@functools.cache
+def _readable_copy() -> Path:
+    """The package, its pure-Python dependencies (filelock, platformdirs) and the child script,
+    copied where any user can read them: the checkout may sit in a private directory (CI clones
+    into a 0700 temporary directory) and the venv under /root. Removed at exit."""
+    import atexit
+
     import filelock
     import platformdirs
 
-    paths = [Path(pytest_portlease.__file__).parents[1], Path(filelock.__file__).parents[1]]
-    paths.append(Path(platformdirs.__file__).parents[1])
-    pythonpath = os.pathsep.join(dict.fromkeys(os.fspath(p) for p in paths))
-    return {**os.environ, "PYTHONPATH": pythonpath, "PYTHONDONTWRITEBYTECODE": "1", "HOME": "/"}
+    root = Path(tempfile.mkdtemp(prefix="portlease-readable-"))
+    atexit.register(shutil.rmtree, root, True)
+    for module in (pytest_portlease, filelock, platformdirs):
+        source = Path(module.__file__ or "").parent
+        shutil.copytree(source, root / source.name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(CHILD, root / CHILD.name)
+    for path in (root, *root.rglob("*")):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return root
+
+
+def _child_env() -> dict[str, str]:
+    # Whichever interpreter runs the child, it imports from the readable copy.
+    return {**os.environ, "PYTHONPATH": os.fspath(_readable_copy()), "PYTHONDONTWRITEBYTECODE": "1", "HOME": "/"}
 
 
 def _as_user(
@@ -222,6 +236,7 @@ def _as_user(
     """Run a child mode as ``uid``/``gid`` with umask 022; return its JSON answer."""
     argv = child_argv(mode, **args)
     argv[0] = python or _nobody_python()
+    argv[1] = os.fspath(_readable_copy() / CHILD.name)
     with subprocess.Popen(
         [argv[0], "-s", *argv[1:]],
         stdout=subprocess.PIPE,
