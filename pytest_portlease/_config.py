@@ -124,7 +124,7 @@ def default_directory() -> Path:
 Layer = tuple[object, str]
 
 
-def _resolve(
+def resolve_layers(
     layers: list[Layer],
     parse: Callable[[object, str, str], T],
     name: str,
@@ -155,7 +155,7 @@ def resolve_directory(
         (ini, ini_source),
         _env("FM_PORTALLOC_DATA_DIR"),
     ]
-    return _resolve(layers, parse_directory, name, default_directory)
+    return resolve_layers(layers, parse_directory, name, default_directory)
 
 
 def resolve_range(
@@ -167,7 +167,7 @@ def resolve_range(
     ini_source: str = "ini portlease_range",
 ) -> Resolved[PortRange]:
     layers = [(option, option_source), _env("PORTLEASE_RANGE"), (ini, ini_source)]
-    return _resolve(
+    return resolve_layers(
         layers, parse_port_range, name, lambda: parse_port_range(DEFAULT_RANGE_TEXT, name, "default")
     )
 
@@ -181,4 +181,4 @@ def resolve_ttl(
     ini_source: str = "ini portlease_ttl",
 ) -> Resolved[float]:
     layers = [(option, option_source), _env("PORTLEASE_TTL"), (ini, ini_source)]
-    return _resolve(layers, parse_ttl, name, lambda: DEFAULT_TTL)
+    return resolve_layers(layers, parse_ttl, name, lambda: DEFAULT_TTL)

@@ -171,6 +171,12 @@ def _default_label() -> str:
 _warned_ephemeral: set[PortRange] = set()
 
 
+def ephemeral_overlap_reported(rng: PortRange) -> None:
+    """Leases from ``rng`` need not warn about its overlap with the ephemeral range: it was
+    reported already (the plugin puts it in its report header)."""
+    _warned_ephemeral.add(rng)
+
+
 class PortLeaser:
     """Leases blocks of consecutive ports from a lease directory shared by cooperating processes.
 

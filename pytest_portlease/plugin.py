@@ -1,8 +1,8 @@
 """The pytest plugin: options, the port_block / free_port / port_leaser fixtures, reports.
 
 Thin over ``PortLeaser``. Settings are resolved (and a bad one rejected) at configure time, but
-nothing touches the lease directory until a test asks for a port, and only then does this module
-import the engine.
+nothing touches the lease directory until a test asks for a port; filelock, the one import that
+costs, is loaded only then.
 """
 
 from __future__ import annotations
@@ -15,26 +15,24 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
-from . import _portfor
+from . import _leaser, _portfor
 from ._config import (
     DIR_HELP,
     RANGE_HELP,
     TTL_HELP,
     PortRange,
     Resolved,
-    _resolve,
     resolve_directory,
+    resolve_layers,
     resolve_range,
     resolve_ttl,
 )
+from ._leaser import PortBlock, PortLeaser
 from .errors import InvalidArgument, PortleaseError, PortUnavailable
-
-if TYPE_CHECKING:
-    from ._leaser import PortBlock, PortLeaser
 
 #: The memory of named blocks, next to the state file but apart from it: fedimint-portalloc
 #: rewrites ``fm-portalloc.json`` without our fields, and must not be able to erase this.
@@ -79,7 +77,7 @@ class PortleaseSession:
                 config.getoption("portlease_ttl"), name="--portlease-ttl",
                 option_source="--portlease-ttl", ini=config.getini("portlease_ttl"),
             )
-            self.patch_port_for_setting: Resolved[bool] = _resolve(
+            self.patch_port_for_setting: Resolved[bool] = resolve_layers(
                 [
                     (config.getoption("portlease_patch_port_for"), "--portlease-patch-port-for"),
                     (os.environ.get("PORTLEASE_PATCH_PORT_FOR"), "PORTLEASE_PATCH_PORT_FOR"),
@@ -115,10 +113,7 @@ class PortleaseSession:
             if self._closed:
                 raise PortleaseError("the pytest session has ended and released its leases")
             if self._leaser is None:
-                from . import _leaser
-
-                # The report header already shows an ephemeral-range overlap; don't warn again.
-                _leaser._warned_ephemeral.add(self.port_range.value)
+                _leaser.ephemeral_overlap_reported(self.port_range.value)  # in the report header
                 self._leaser = _leaser.PortLeaser(
                     self.directory, port_range=self.port_range, ttl=self.ttl, label=self.label,
                     heartbeat=True,
