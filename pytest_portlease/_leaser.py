@@ -373,7 +373,7 @@ class PortLeaser:
         )
 
     def _exact(self, state: State, port: int, size: int) -> int:
-        block = f"{port}" if size == 1 else f"{port}-{port + size - 1}"
+        block = str(PortBlock(port, size))
         if (entry := state.conflict(port, port + size - 1)) is not None:
             holder = _holder(entry)
             raise PortUnavailable(f"port {block} is held by {holder}", holder)

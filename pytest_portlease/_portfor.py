@@ -182,8 +182,8 @@ def _lease(leaser: PortLeaser, spec: _Spec, excluded: frozenset[int], raw: objec
         raise PortRangeExhausted(f"no port to choose: every port of {raw!r} is in exclude_ports")
     # "Any port" keeps the leaser's own range, so that its errors name the configured setting.
     span = leaser.port_range if whole else PortRange(candidates[0].low, candidates[-1].high)
-    skipped = _size(span) - sum(_size(run) for run in candidates)
-    if _size(span) > 1 and skipped <= _MAX_SKIPPED:
+    skipped = span.size - sum(run.size for run in candidates)
+    if span.size > 1 and skipped <= _MAX_SKIPPED:
         return _lease_skipping(leaser, span, candidates, skipped)
     return _lease_first_free(leaser, candidates, raw)
 
@@ -333,10 +333,6 @@ def _subtract(runs: Iterable[PortRange], excluded: frozenset[int]) -> list[PortR
         if low <= run.high:
             left.append(PortRange(low, run.high))
     return left
-
-
-def _size(run: PortRange) -> int:
-    return run.high - run.low + 1
 
 
 def _describe(runs: list[PortRange]) -> str:
