@@ -28,7 +28,8 @@ from ._config import (
     resolve_range,
     resolve_ttl,
 )
-from ._state import STATE_NAME, Entry, Loaded, State, Store, inject, outside_package, parse_tolerant
+from ._state import STATE_NAME, Entry, Loaded, State, outside_package, parse_tolerant
+from ._store import Store, inject
 from .errors import (
     InvalidArgument,
     LockTimeout,

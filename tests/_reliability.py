@@ -460,31 +460,31 @@ def _mode_crash(args: dict[str, Any]) -> None:
 
     Prints the leased block first for ``op=release``. Exits 0 only if the point was never hit.
     """
-    from pytest_portlease import PortLeaser, _state
+    from pytest_portlease import PortLeaser, _store
 
     if not args["exchange"]:
-        _state._renameat2 = False  # the os.replace fallback of systems without renameat2
+        _store._renameat2 = False  # the os.replace fallback of systems without renameat2
     leaser = PortLeaser(args["directory"], port_range=tuple(args["port_range"]), label="crasher")
     if args["op"] == "lease":
-        _state.fault = _kill_at(args["point"])
+        _store.fault = _kill_at(args["point"])
         leaser.lease(3)
     else:
         block = leaser.lease(3)
         print(json.dumps({"base": block.base, "size": block.size}), flush=True)
-        _state.fault = _kill_at(args["point"])
+        _store.fault = _kill_at(args["point"])
         leaser.release(block)
 
 
 def _mode_hold_lock(args: dict[str, Any]) -> None:
     """Lease, but stop inside the lock: print ``locked``, wait for a line on stdin, go on."""
-    from pytest_portlease import PortLeaser, _state
+    from pytest_portlease import PortLeaser, _store
 
     def fault(where: str) -> None:
         if where == "locked":
             print("locked", flush=True)
             sys.stdin.readline()
 
-    _state.fault = fault
+    _store.fault = fault
     leaser = PortLeaser(
         args["directory"], port_range=tuple(args["port_range"]), ttl=600, owner_pid=None
     )

@@ -32,7 +32,8 @@ import pytest_portlease
 from pytest_portlease import PortleaseError, PortLeaser, PortleaseWarning, _state
 from pytest_portlease._config import PortRange
 from pytest_portlease._leaser import read_status
-from pytest_portlease._state import BACKUP_PREFIX, LOCK_NAME, STATE_NAME, TEMP_PREFIX
+from pytest_portlease._state import STATE_NAME
+from pytest_portlease._store import BACKUP_PREFIX, LOCK_NAME, TEMP_PREFIX
 
 pytestmark = pytest.mark.reliability
 

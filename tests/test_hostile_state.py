@@ -37,7 +37,8 @@ from pytest_portlease import (
 )
 from pytest_portlease._config import PortRange
 from pytest_portlease._leaser import read_status
-from pytest_portlease._state import BACKUP_PREFIX, STATE_NAME
+from pytest_portlease._state import STATE_NAME
+from pytest_portlease._store import BACKUP_PREFIX
 
 pytestmark = pytest.mark.reliability
 

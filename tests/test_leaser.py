@@ -343,12 +343,12 @@ def test_a_child_killed_while_holding_the_lock_leaves_a_parseable_state(
         for point in ("locked", "temp-written", "after-replace"):
             child = spawn(f"""
                 import os, signal
-                from pytest_portlease import PortLeaser, _state
+                from pytest_portlease import PortLeaser, _store
                 def die(where):
                     if where == {point!r}:
                         print("dying", flush=True)
                         os.kill(os.getpid(), signal.SIGKILL)
-                _state.fault = die
+                _store.fault = die
                 PortLeaser({str(lease_dir)!r}, port_range={str(port_range)!r}).lease(4)
             """)
             assert child.line() == "dying"
@@ -367,12 +367,12 @@ def test_lock_timeout_names_the_lock_and_its_holder(
 ) -> None:
     child = spawn(f"""
         import time
-        from pytest_portlease import PortLeaser, _state
+        from pytest_portlease import PortLeaser, _store
         def hold(where):
             if where == "locked":
                 print("holding", flush=True)
                 time.sleep(600)
-        _state.fault = hold
+        _store.fault = hold
         PortLeaser({str(lease_dir)!r}, port_range={str(port_range)!r}).lease(1)
     """)
     assert child.line() == "holding"

@@ -1,6 +1,6 @@
 """Crash at every point of the critical section: SIGKILL through the engine's fault seam.
 
-A child leases (or releases) with ``_state.fault`` set to kill it at one named point. The test
+A child leases (or releases) with ``_store.fault`` set to kill it at one named point. The test
 then checks that the next leaser proceeds at once, that the state parses, that every valid live
 lease is still there, and that the dead child's leftovers (its lease, its temp file) go away.
 """
@@ -20,7 +20,8 @@ from _reliability import check_state_bytes, child_argv
 
 from pytest_portlease import PortLeaser
 from pytest_portlease._config import PortRange
-from pytest_portlease._state import STATE_NAME, TEMP_PREFIX
+from pytest_portlease._state import STATE_NAME
+from pytest_portlease._store import TEMP_PREFIX
 
 pytestmark = pytest.mark.reliability
 

@@ -13,7 +13,8 @@ from conftest import free_window
 
 from pytest_portlease import PortLeaser, PortleaseWarning
 from pytest_portlease._config import PortRange
-from pytest_portlease._state import BACKUP_PREFIX, KEEP_BACKUPS, STATE_NAME, Store, _warned
+from pytest_portlease._state import STATE_NAME, _warned
+from pytest_portlease._store import BACKUP_PREFIX, KEEP_BACKUPS, Store
 
 
 @pytest.fixture

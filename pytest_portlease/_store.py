@@ -1,0 +1,388 @@
+"""The lease directory's files: the lock file, atomic writes of the state, backups, caches.
+
+Writes go to a temp file in the same directory and are swapped in atomically, so that at every
+instant the state file is complete; a symlink planted at one of our names is replaced, never
+followed. Reads reuse what the last read or write already knows (see ``Store.load``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ._state import STATE_NAME, Entry, State, _split_layout, _warn_once, parse_line, parse_tolerant
+from .errors import PortleaseError
+
+LOCK_NAME = "lock"
+TEMP_PREFIX = f"{STATE_NAME}.tmp-"
+BACKUP_PREFIX = f"{STATE_NAME}.corrupt-"
+KEEP_BACKUPS = 5
+_LINE_CACHE_MAX = 50_000
+SWEEP_INTERVAL = 10.0
+
+# Test seam: the crash tests set this in a child process to SIGKILL it at a named point.
+fault: Callable[[str], None] | None = None
+
+
+def inject(point: str) -> None:
+    if fault is not None:
+        fault(point)
+
+
+class Store:
+    """The lease directory's files: reads and writes the state, with caches for the hot path.
+
+    The caller holds the lock around ``load`` .. ``save``.
+    """
+
+    def __init__(self, directory: Path, source: str) -> None:
+        self.directory = directory
+        self.source = source
+        self.state_path = directory / STATE_NAME
+        self.lock_path = directory / LOCK_NAME
+        # The hot path works on bytes paths: pathlib's joins and conversions cost more than
+        # the system calls they feed.
+        self._state_b = os.fsencode(self.state_path)
+        self._temp_b = b""
+        self._temp_pid = 0
+        self.file_mode = 0o600
+        self._prepared = False
+        self._bytes: bytes | None = None
+        self._state: State | None = None
+        self._lines: dict[bytes, Entry] = {}
+        self._next_sweep = 0.0
+        # The range lines of the cached bytes, when the cached state is exactly those lines
+        # (our layout): the next load then applies only the lines that changed.
+        self._lines_of_state: set[bytes] | None = None
+
+    # -- the directory ---------------------------------------------------------------------
+
+    def _fail(self, what: str, fix: str, error: OSError | None = None) -> PortleaseError:
+        detail = f" ({error.strerror})" if error is not None and error.strerror else ""
+        return PortleaseError(
+            f"lease directory {self.directory} from {self.source} {what}{detail}: {fix}"
+        )
+
+    def prepare(self) -> None:
+        """Create the directory (0o700) if needed, and make sure the lock is a regular file."""
+        if self._prepared:
+            return
+        try:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except FileExistsError as e:
+            raise self._fail("is not a directory", "point it at a directory", e) from None
+        except OSError as e:
+            raise self._fail("cannot be created", "choose a writable location", e) from None
+        try:
+            mode = self.directory.stat().st_mode
+        except OSError as e:
+            raise self._fail("cannot be read", "check its permissions", e) from None
+        if not stat.S_ISDIR(mode):
+            raise self._fail("is not a directory", "point it at a directory")
+        if not os.access(self.directory, os.W_OK | os.X_OK):
+            raise self._fail("is not writable", "make it writable for this user, or choose another")
+        # In a directory shared by a group (setgid, group-writable), every process of the group
+        # must be able to rewrite what another one created: give our files the group's rw bits.
+        self.file_mode = 0o600 | (mode & 0o060)
+        with contextlib.suppress(FileNotFoundError):
+            st = os.lstat(self.state_path)
+            if stat.S_ISREG(st.st_mode) and st.st_mode & 0o222 == 0:
+                raise self._fail(
+                    f"holds a read-only {STATE_NAME}", "make it writable (chmod u+w), or remove it"
+                )
+        if self.lock_path.is_symlink():
+            # Never lock or write through a link planted at a name of ours: replace the link.
+            self._write_new(self.lock_path, b"")
+        self._prepared = True
+
+    def open_lock(self) -> int:
+        """A descriptor of the lock file, created if missing; it is never unlinked or truncated,
+        because another process (fedimint-portalloc too) may be blocked on this very inode."""
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            try:
+                fd = os.open(self.lock_path, flags | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                return os.open(self.lock_path, flags)
+            os.fchmod(fd, self.file_mode)  # the umask must not take the group's bits away
+            return fd
+        except OSError as e:
+            raise self._fail("cannot open its lock file", "make the directory writable", e) from None
+
+    def _remove_stale_temps(self) -> None:
+        # Every writer writes under the lock, so any temp file seen while we hold it is left
+        # over from a writer that died (SIGKILL between writing and renaming). Looked for at
+        # the first write and then every few seconds, to keep a directory scan off the hot path.
+        if time.monotonic() < self._next_sweep:
+            return
+        self._next_sweep = time.monotonic() + SWEEP_INTERVAL
+        with contextlib.suppress(OSError), os.scandir(self.directory) as it:
+            for item in it:
+                if item.name.startswith(TEMP_PREFIX) and item.name != self._temp_name():
+                    with contextlib.suppress(OSError):
+                        os.unlink(item.path)
+
+    def _temp_name(self) -> str:
+        return f"{TEMP_PREFIX}{os.getpid()}"
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def read_bytes(self) -> bytes:
+        """The state file's bytes; b"" when it is missing. A symlink is not followed."""
+        try:
+            fd = _open_regular(self._state_b)
+        except FileNotFoundError:
+            return b""
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                _warn_once(f"{self.state_path} is a symbolic link; it is ignored and will be replaced")
+                return b""
+            if e.errno == errno.EISDIR:  # what _open_regular says of any other kind of file
+                raise self._fail(f"holds a {STATE_NAME} that is not a file", "remove it") from None
+            raise self._fail("has an unreadable state file", "check its permissions", e) from None
+        return _read_all(fd)
+
+    def load(self, *, repair: bool = True) -> State:
+        """The current state. ``repair``: back up and warn about what had to be dropped."""
+        data = self.read_bytes()
+        if self._state is not None and data == self._bytes:
+            return self._state  # nobody wrote since we last read or wrote: skip the parse
+        state = self._parse_lines(data)
+        if state is None:
+            self._lines_of_state = None
+            loaded = parse_tolerant(data)
+            state = loaded.state
+            if loaded.problems:
+                backup = self._backup(data) if repair and loaded.lossy else None
+                kept = f"; the original is kept as {backup}" if backup else ""
+                for problem in loaded.problems:
+                    _warn_once(f"{self.state_path}: {problem}", kept)
+        self._bytes, self._state = data, state
+        return state
+
+    def _parse_lines(self, data: bytes) -> State | None:
+        """Parse our own layout, reusing what is already known; None for any other layout.
+
+        When we hold the state of the bytes we last saw, only the lines that differ are applied
+        to it: another writer usually changed one or two ranges, and rebuilding a state of
+        thousands would cost more than the rest of the lease.
+        """
+        layout = _split_layout(data)
+        if layout is None:
+            return None
+        head, raws = layout
+        if len(self._lines) > _LINE_CACHE_MAX:
+            self._lines.clear()
+        lines = set(raws)
+        if self._state is not None and self._lines_of_state is not None:
+            state = self._patch(self._state, self._lines_of_state, lines, len(raws))
+        else:
+            state = self._build(raws)
+        if state is None:
+            return None
+        self._lines_of_state = lines
+        state.next = head.pop("next")
+        state.extra = head
+        state.dirty = False
+        return state
+
+    def _entry_of(self, raw: bytes) -> Entry | None:
+        entry = self._lines.get(raw)
+        if entry is None and (entry := parse_line(raw)) is not None:
+            self._lines[raw] = entry
+        return entry
+
+    def _build(self, raws: list[bytes]) -> State | None:
+        entries: dict[int, Entry] = {}
+        for raw in raws:
+            if (entry := self._entry_of(raw)) is None or entry.base in entries:
+                return None
+            entries[entry.base] = entry
+        return State(0, entries, {})
+
+    def _patch(self, state: State, before: set[bytes], now: set[bytes], count: int) -> State | None:
+        added = []
+        for raw in now - before:
+            if (entry := self._entry_of(raw)) is None:
+                return None
+            added.append(entry)
+        replaced = {entry.base for entry in added}
+        for raw in before - now:
+            # Our lines start with the quoted base: '"20000": {...}'.
+            if (base := int(raw[1 : raw.index(b'"', 1)])) not in replaced:
+                state.remove(base)
+        for entry in added:
+            other = state.entries.get(entry.base)
+            if state.conflict(entry.base, entry.end) not in (None, other):
+                return None  # overlapping ranges: let the full parser report them
+            state.add(entry)
+        # Two lines with one base would leave fewer ranges than lines: the full parser decides.
+        return state if len(state.entries) == count else None
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def save(self, state: State) -> None:
+        """Write the state so that no reader and no crash ever sees it torn."""
+        lines = state.lines()
+        data = state.encode(lines)
+        self._remove_stale_temps()
+        try:
+            self._write_new(self._state_b, data)
+        except OSError as e:
+            self.invalidate()
+            raise self._fail("cannot be written", "make it and its state file writable", e) from None
+        self._bytes, self._state, self._lines_of_state = data, state, set(lines)
+
+    def write_file(self, name: str, data: bytes) -> None:
+        """Atomically replace another small file of ours in the directory (caller holds the lock)."""
+        try:
+            self._write_new(self.directory / name, data)
+        except OSError as e:
+            raise self._fail(f"cannot hold {name}", "make it writable", e) from None
+
+    def read_file(self, name: str) -> bytes:
+        """Another small file of ours; b"" when missing, unreadable or a symlink."""
+        try:
+            fd = _open_regular(self.directory / name)
+        except OSError:
+            return b""
+        return _read_all(fd)
+
+    def invalidate(self) -> None:
+        """Forget the cached state (after a failure left it out of step with the file)."""
+        self._bytes = self._state = self._lines_of_state = None
+
+    def _write_new(self, path: Path | bytes, data: bytes) -> None:
+        # A temp file in the same directory, then an atomic rename: at every instant ``path``
+        # names either the old complete file or the new one, and a crash leaves at worst a
+        # stale temp file that the next writer removes.
+        #
+        # Speed: when rename(2) replaces an existing file, ext4 (auto_da_alloc) starts writeback
+        # of the new file's data first, costing 150-220 us here. renameat2(RENAME_EXCHANGE)
+        # swaps the two names atomically without that flush (about 35 us); the old file, now
+        # under the temp name, is then unlinked. Where the call is missing or refused (not
+        # Linux, or a file system without it), os.replace gives the same guarantee, more slowly.
+        if self._temp_pid != os.getpid():  # named with our pid: recomputed in a forked child
+            self._temp_b = os.fsencode(self.directory / self._temp_name())
+            self._temp_pid = os.getpid()
+        temp, path = self._temp_b, os.fsencode(path)
+        fd = self._create(temp, replace=True)
+        try:
+            try:
+                self._fill(fd, data)
+            finally:
+                os.close(fd)
+            inject("temp-written")
+            inject("before-replace")
+            if not _exchange(temp, path):
+                os.replace(temp, path)
+            inject("after-replace")
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+
+    def _fill(self, fd: int, data: bytes) -> None:
+        if self.file_mode != 0o600:
+            os.fchmod(fd, self.file_mode)  # the umask must not take the group's bits away
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+
+    @staticmethod
+    def _create(path: Path | bytes, *, replace: bool) -> int:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            return os.open(path, flags, 0o600)
+        except FileExistsError:
+            if not replace:
+                raise
+            # Ours from an earlier crash of a process with our pid, or a planted symlink:
+            # unlink removes the name, never what a link points to.
+            os.unlink(path)
+            return os.open(path, flags, 0o600)
+
+    def _backup(self, data: bytes) -> Path | None:
+        """Keep the original bytes before we overwrite what we could not read (newest few)."""
+        stamp = int(time.time())
+        for n in range(100):
+            path = self.directory / f"{BACKUP_PREFIX}{stamp}" if n == 0 else \
+                self.directory / f"{BACKUP_PREFIX}{stamp}.{n}"
+            try:
+                fd = self._create(path, replace=False)
+            except FileExistsError:
+                continue
+            except OSError:
+                return None
+            try:
+                self._fill(fd, data)
+            finally:
+                os.close(fd)
+            self._prune_backups()
+            return path
+        return None
+
+    def _prune_backups(self) -> None:
+        backups = sorted(
+            (p for p in self.directory.glob(f"{BACKUP_PREFIX}*") if not p.is_symlink()),
+            key=lambda p: p.stat().st_mtime_ns,
+        )
+        for old in backups[:-KEEP_BACKUPS]:
+            with contextlib.suppress(OSError):
+                old.unlink()
+
+
+def _open_regular(path: Path | bytes) -> int:
+    """Open a regular file for reading, never through a symlink; EISDIR for any other kind.
+
+    O_NONBLOCK: opening a FIFO planted at one of our names would otherwise wait forever for a
+    writer; on a regular file it changes nothing.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        return fd
+    os.close(fd)
+    raise IsADirectoryError(errno.EISDIR, "not a regular file", os.fspath(path))
+
+
+def _read_all(fd: int) -> bytes:
+    """Read and close ``fd``."""
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+_RENAME_EXCHANGE = 2
+_renameat2: Any = None
+
+
+def _exchange(src: bytes, dst: bytes) -> bool:
+    """Atomically swap ``src`` and ``dst`` (Linux renameat2); False where that is not possible."""
+    global _renameat2
+    if _renameat2 is None:
+        import ctypes  # only writers need it; keeps importing the plugin cheap
+
+        try:
+            _renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+        except (AttributeError, OSError):
+            _renameat2 = False
+    if _renameat2 is False:
+        return False
+    at_fdcwd = -100
+    if _renameat2(at_fdcwd, src, at_fdcwd, dst, _RENAME_EXCHANGE) == 0:
+        return True
+    import ctypes
+
+    err = ctypes.get_errno()
+    if err in (errno.ENOENT, errno.EINVAL, errno.ENOSYS, errno.EXDEV, errno.EOPNOTSUPP):
+        return False  # no file to swap with yet, or a kernel or file system without it
+    raise OSError(err, os.strerror(err), os.fsdecode(dst))
