@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from ._leaser import LeaseInfo, PortBlock, PortLeaser, lease_ports
+from ._leaser import PortBlock, PortLeaser, lease_ports
 from ._portfor import get_port
+from ._status import LeaseInfo
 from .errors import (
     InvalidArgument,
     LockTimeout,

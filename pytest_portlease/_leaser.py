@@ -1,4 +1,4 @@
-"""PortLeaser and PortBlock: the critical section, reclaim, next-fit scan, heartbeat, release."""
+"""PortLeaser and PortBlock: the critical section, next-fit scan, heartbeat, release."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final
 
-from . import _owner, _probe, _state
+from . import _lock, _owner, _probe, _state
 from ._config import (
     PortRange,
     Resolved,
@@ -28,7 +28,8 @@ from ._config import (
     resolve_range,
     resolve_ttl,
 )
-from ._state import STATE_NAME, Entry, Loaded, State, outside_package, parse_tolerant
+from ._state import Entry, State, outside_package
+from ._status import LeaseInfo, read_status, reclaim
 from ._store import Store, inject
 from .errors import (
     InvalidArgument,
@@ -79,81 +80,6 @@ class PortBlock:
         env.update({f"{prefix}_PORT_{i}": str(port) for i, port in enumerate(self.ports)})
         env[f"{prefix}_PORTS"] = ",".join(map(str, self.ports))
         return env
-
-
-@dataclass(frozen=True)
-class LeaseInfo:
-    """One range of the state file, as ``status()`` and ``portlease status`` show it.
-
-    ``state`` is ``live`` (owner known alive), ``foreign`` (not expired, owner unknown: none
-    recorded, or another host or namespace), ``dead owner`` (provably dead) or ``expired``.
-    """
-
-    base: int
-    size: int
-    expires: float
-    pid: int | None
-    start: int | None
-    host: str
-    ns: str
-    label: str
-    state: str
-
-    @property
-    def end(self) -> int:
-        return self.base + self.size - 1
-
-
-Verdicts = dict[_owner.Process, str]
-
-
-def lease_state(entry: Entry, now: float, seen: Verdicts | None = None) -> str:
-    """``live``, ``foreign``, ``dead owner`` or ``expired`` (see ``LeaseInfo``).
-
-    ``seen`` carries the verdicts of one pass over the state, so that each owner process is looked
-    up in /proc once however many ranges it holds.
-    """
-    if entry.expires <= now:
-        return "expired"
-    process = entry.process
-    if process is None:
-        return "foreign"
-    if seen is None:
-        return _owner.process_state(process)
-    if (verdict := seen.get(process)) is None:
-        verdict = seen[process] = _owner.process_state(process)
-    return verdict
-
-
-def lease_info(entry: Entry, now: float, seen: Verdicts | None = None) -> LeaseInfo:
-    owner = entry.owner or _owner.Owner(None, None, "", "", "")
-    return LeaseInfo(
-        entry.base, entry.size, entry.expires, owner.pid, owner.start, owner.host, owner.ns,
-        owner.label, lease_state(entry, now, seen),
-    )
-
-
-def lease_infos(state: State, now: float) -> list[LeaseInfo]:
-    """Every range of ``state``, by base."""
-    seen: Verdicts = {}
-    return [lease_info(state.entries[base], now, seen) for base in state.bases]
-
-
-def reclaim(state: State, now: float) -> list[Entry]:
-    """Drop expired ranges and ranges whose owner is provably dead; return them.
-
-    Runs in every lease, so it looks at each owning process once, and at every range only when
-    one of them died or some range may have expired.
-    """
-    dead = {p for p in state.processes if _owner.process_state(p) == "dead owner"}
-    if not dead and now < state.soonest:
-        return []
-    dropped = [e for e in state.entries.values() if e.expires <= now or e.process in dead]
-    for entry in dropped:
-        state.remove(entry.base)
-        log.debug("reclaimed %s-%s (%s)", entry.base, entry.end, "expired" if entry.expires <= now else "dead owner")
-    state.soonest = min((e.expires for e in state.entries.values()), default=math.inf)
-    return dropped
 
 
 def _holder(entry: Entry) -> str:
@@ -270,7 +196,7 @@ class PortLeaser:
                 self.store.invalidate()
                 raise
             finally:
-                _unlock(self._lock_fd)  # type: ignore[arg-type]  # set by _acquire
+                _lock.unlock(self._lock_fd)  # type: ignore[arg-type]  # set by _acquire
 
     def _acquire(self) -> None:
         # filelock's native lock on a descriptor we keep open: re-opening the file for every
@@ -280,8 +206,8 @@ class PortLeaser:
             self._lock_fd = self.store.open_lock()
             self._lock_pid = os.getpid()
             # A leaser dropped without close() must not leak its descriptor.
-            self._lock_closer = weakref.finalize(self, _close_quietly, self._lock_fd, self._lock_pid)
-        if not _poll_lock(self._lock_fd, self.lock_timeout):
+            self._lock_closer = weakref.finalize(self, _lock.close_quietly, self._lock_fd, self._lock_pid)
+        if not _lock.poll_lock(self._lock_fd, self.lock_timeout):
             pid = _owner.lock_holder_pid(self.store.lock_path)
             raise LockTimeout(os.fspath(self.store.lock_path), self.lock_timeout, pid)
 
@@ -561,72 +487,6 @@ class LeaseStats:
         self.blocks += 1
         self.ports += block.size
         self.seconds += seconds
-
-
-def read_state(directory: Path, source: str = "argument") -> Loaded | None:
-    """The state in ``directory`` (set by ``source``) with its problems, read without creating
-    or changing anything (no backup, no warning); None when there is no state file."""
-    store = Store(directory, source)
-    if not os.path.lexists(store.state_path):
-        return None
-    with _shared_lock(store.lock_path):
-        data = store.read_bytes()
-    return parse_tolerant(data)
-
-
-def read_status(directory: Path, source: str = "argument") -> list[LeaseInfo]:
-    """The ranges of the state in ``directory``, by base; warns about what could not be read."""
-    loaded = read_state(directory, source)
-    if loaded is None:
-        return []
-    for problem in loaded.problems:
-        warnings.warn(f"{directory / STATE_NAME}: {problem}", PortleaseWarning, stacklevel=outside_package())
-    return lease_infos(loaded.state, time.time())
-
-
-def _poll_lock(fd: int, timeout: float) -> bool:
-    """Take filelock's native lock on ``fd`` within ``timeout`` seconds.
-
-    Polled like filelock's FileLock, but every millisecond: a holder keeps it for ~100 us.
-    """
-    import filelock  # here, not at the top: a pytest run that leases nothing never pays for it
-
-    deadline = time.monotonic() + timeout
-    while not filelock.lock_descriptor(fd, blocking=False):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.001)
-    return True
-
-
-def _close_quietly(fd: int, pid: int) -> None:
-    if pid == os.getpid():  # a forked child's copy of the descriptor is not ours to close
-        with contextlib.suppress(OSError):
-            os.close(fd)
-
-
-def _unlock(fd: int) -> None:
-    import filelock
-
-    filelock.unlock_descriptor(fd)
-
-
-@contextlib.contextmanager
-def _shared_lock(path: Path, timeout: float = 2.0) -> Iterator[None]:
-    # A writer that rewrites in place (fedimint-portalloc) is only safe to read under its lock.
-    # Take it on the existing file, read-only, without creating anything; give up after a short
-    # while rather than hang a diagnostic command behind a stopped process.
-    try:
-        # O_NONBLOCK: a FIFO planted at the lock's name must not hang a diagnostic command.
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError:
-        yield
-        return
-    try:
-        _poll_lock(fd, timeout)
-        yield
-    finally:
-        os.close(fd)  # closing the descriptor drops its flock
 
 
 @contextlib.contextmanager

@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from ._config import PortRange, Resolved
-from ._leaser import LeaseInfo, lease_infos, read_state
 from ._state import STATE_NAME
+from ._status import LeaseInfo, lease_infos, read_state
 from .errors import PortleaseError
 
 SCHEMA = 1

@@ -31,8 +31,9 @@ from ._config import (
     resolve_range,
     resolve_ttl,
 )
-from ._leaser import THIS_PROCESS, PortLeaser, lease_info, lease_state, reclaim
+from ._leaser import THIS_PROCESS, PortLeaser
 from ._state import Entry, State
+from ._status import lease_info, lease_state, reclaim
 from .errors import InvalidArgument, PortleaseError, PortleaseWarning, PortUnavailable
 
 OK, FAILED, USAGE = 0, 1, 2

@@ -31,8 +31,8 @@ from _reliability import CHILD, check_state_bytes, child_argv
 import pytest_portlease
 from pytest_portlease import PortleaseError, PortLeaser, PortleaseWarning, _state
 from pytest_portlease._config import PortRange
-from pytest_portlease._leaser import read_status
 from pytest_portlease._state import STATE_NAME
+from pytest_portlease._status import read_status
 from pytest_portlease._store import BACKUP_PREFIX, LOCK_NAME, TEMP_PREFIX
 
 pytestmark = pytest.mark.reliability

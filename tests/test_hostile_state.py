@@ -36,8 +36,8 @@ from pytest_portlease import (
     _state,
 )
 from pytest_portlease._config import PortRange
-from pytest_portlease._leaser import read_status
 from pytest_portlease._state import STATE_NAME
+from pytest_portlease._status import read_status
 from pytest_portlease._store import BACKUP_PREFIX
 
 pytestmark = pytest.mark.reliability

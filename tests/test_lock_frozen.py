@@ -17,8 +17,8 @@ from _reliability import check_state_bytes, child_argv
 
 from pytest_portlease import LockTimeout, PortleaseError, PortLeaser
 from pytest_portlease._config import PortRange
-from pytest_portlease._leaser import read_status
 from pytest_portlease._state import STATE_NAME
+from pytest_portlease._status import read_status
 from pytest_portlease._store import LOCK_NAME
 
 pytestmark = pytest.mark.reliability
