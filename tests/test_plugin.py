@@ -76,9 +76,7 @@ def test_settings_and_their_sources_in_the_header(
     argv: list[str],
     expected: str,
 ) -> None:
-    pytester.makeini("[pytest]\n" + "".join(f"{k} = {v}\n" for k, v in ini.items()))
-    for var, value in env.items():
-        monkeypatch.setenv(var, value)
+    configure(pytester, monkeypatch, ini, env)
     result = pytester.runpytest(*argv, *nested_fast)
     assert expected.format(root=pytester.path, cache=tmp_path / "xdg-cache") in header(result)
     assert not (pytester.path / "rel").exists()  # resolving a setting touches nothing
@@ -107,9 +105,7 @@ def test_patch_port_for_setting(
     argv: list[str],
     expected: str,
 ) -> None:
-    pytester.makeini("[pytest]\n" + "".join(f"{k} = {v}\n" for k, v in ini.items()))
-    for var, value in env.items():
-        monkeypatch.setenv(var, value)
+    configure(pytester, monkeypatch, ini, env)
     pytester.makepyfile(
         """
         from pytest_portlease.plugin import get_session
@@ -166,9 +162,7 @@ def test_bad_value_is_a_usage_error_naming_value_and_source(
     argv: list[str],
     message: str,
 ) -> None:
-    pytester.makeini("[pytest]\n" + "".join(f"{k} = {v}\n" for k, v in ini.items()))
-    for var, value in env.items():
-        monkeypatch.setenv(var, value)
+    configure(pytester, monkeypatch, ini, env)
     pytester.makepyfile("def test_nothing(): pass")
     result = pytester.runpytest(*argv, *nested_fast)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
@@ -179,6 +173,15 @@ def test_bad_value_is_a_usage_error_naming_value_and_source(
     result.stdout.fnmatch_lines(
         ["cooperative cross-process port leases:", "  --portlease-dir=DIR*"]
     )
+
+
+def configure(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, ini: dict[str, str], env: dict[str, str]
+) -> None:
+    """An ini file with ``ini``'s keys, and ``env`` in the environment of the nested run."""
+    pytester.makeini("[pytest]\n" + "".join(f"{k} = {v}\n" for k, v in ini.items()))
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
 
 
 def test_help_and_ini_keys_share_their_text(
