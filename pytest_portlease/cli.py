@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 from . import __version__, _owner, _probe
 from . import _status_view as view
 from ._config import (
+    DEFAULT_TTL,
     DIR_HELP,
     RANGE_HELP,
     TTL_HELP,
@@ -75,7 +76,13 @@ def _locked_state(args: argparse.Namespace) -> Iterator[State | None]:
     if not directory.value.exists():
         yield None
         return
-    leaser = PortLeaser(directory, port_range=_range(args), owner_pid=None, label="")
+    # Editing leases needs no range or TTL: a bad PORTLEASE_RANGE or PORTLEASE_TTL in the
+    # environment must not stop a release or a reclaim.
+    unused = "unused by admin commands"
+    leaser = PortLeaser(
+        directory, port_range=Resolved(PortRange(1, 65535), unused), ttl=Resolved(DEFAULT_TTL, unused),
+        owner_pid=None, label="",
+    )
     try:
         with leaser.transaction() as state:
             yield state

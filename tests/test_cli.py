@@ -526,3 +526,14 @@ def test_the_default_directory_is_fedimints(tmp_path: Path) -> None:
     doc = json.loads(run_script("--json", "status").out)
     assert doc["directory"] == str(tmp_path / "xdg-cache" / "fm-portalloc")
     assert doc["directory_source"] == "default"
+
+
+def test_admin_commands_need_no_range_or_ttl(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], lease_dir: Path, port_range: PortRange
+) -> None:
+    bases = write_mixed_state(lease_dir, port_range)
+    monkeypatch.setenv("PORTLEASE_TTL", "soon")
+    monkeypatch.setenv("PORTLEASE_RANGE", "9-3")
+    assert main(["--dir", os.fspath(lease_dir), "reclaim"]) == 0
+    assert main(["--dir", os.fspath(lease_dir), "release", str(bases["live"])]) == 0
+    assert capsys.readouterr().err == ""
