@@ -302,6 +302,14 @@ def test_an_unwritable_directory(lease_dir: Path, port_range: PortRange) -> None
         lease_dir.chmod(0o755)
 
 
+def _group_dir(path: Path, mode: int) -> Path:
+    """A directory owned by root and the shared group, with ``mode``."""
+    path.mkdir()
+    os.chown(path, 0, SHARED_GID)
+    path.chmod(mode)
+    return path
+
+
 def _group_rw(path: Path, gid: int) -> None:
     st = path.lstat()
     assert stat.S_ISREG(st.st_mode), path
@@ -312,10 +320,7 @@ def _group_rw(path: Path, gid: int) -> None:
 @pytest.mark.usefixtures("as_nobody")
 def test_a_setgid_directory_shared_by_two_users(world_dir: Path, port_range: PortRange) -> None:
     # The documented set-up: group-owned by the shared group, setgid, group-writable (2770).
-    lease_dir = world_dir / "shared"
-    lease_dir.mkdir()
-    os.chown(lease_dir, 0, SHARED_GID)
-    lease_dir.chmod(0o2770)
+    lease_dir = _group_dir(world_dir / "shared", 0o2770)
     args: dict[str, Any] = {"directory": os.fspath(lease_dir), "port_range": list(_small(port_range)), "size": 3}
     first = _as_user("lease", NOBODY, NOBODY, [SHARED_GID], **args)
     second = _as_user("lease", OTHER, OTHER, [SHARED_GID], **args)
@@ -333,10 +338,7 @@ def test_a_setgid_directory_shared_by_two_users(world_dir: Path, port_range: Por
 def test_a_sticky_shared_directory_is_a_clear_error(world_dir: Path, port_range: PortRange) -> None:
     # The sticky bit (as on /tmp) lets only a file's owner rename over it: the second user cannot
     # replace the state the first one wrote. The documented mode is 2770, not 3770.
-    lease_dir = world_dir / "sticky"
-    lease_dir.mkdir()
-    os.chown(lease_dir, 0, SHARED_GID)
-    lease_dir.chmod(0o3770)
+    lease_dir = _group_dir(world_dir / "sticky", 0o3770)
     args: dict[str, Any] = {"directory": os.fspath(lease_dir), "port_range": list(_small(port_range))}
     assert "base" in _as_user("lease", NOBODY, NOBODY, [SHARED_GID], **args)
     answer = _as_user("lease", OTHER, OTHER, [SHARED_GID], **args)

@@ -34,6 +34,14 @@ def wait_for(path: Path, procs: list[subprocess.Popen[str]], count: int = 1) -> 
         time.sleep(0.01)
 
 
+def nested_suite(pytester: pytest.Pytester, tmp_path: Path, tests: str) -> Path:
+    """A nested test file with ``wait_for`` and ``OUT``, the directory it reports through."""
+    out = tmp_path / "out"
+    out.mkdir()
+    pytester.makepyfile(WAIT_FOR + f"OUT = pathlib.Path({str(out)!r})\n" + tests)
+    return out
+
+
 def popen_pytest(cwd: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "pytest", *args], cwd=cwd, text=True,
@@ -96,24 +104,17 @@ def test_forty_tests_get_disjoint_blocks_they_can_bind(
 def test_two_pytest_processes_started_together_get_disjoint_blocks(
     pytester: pytest.Pytester, portlease_args: list[str], tmp_path: Path
 ) -> None:
-    out = tmp_path / "out"
-    out.mkdir()
-    pytester.makepyfile(
-        WAIT_FOR
-        + f"""
+    out = nested_suite(pytester, tmp_path, """
 import os
 
-OUT = pathlib.Path({str(out)!r})
-
 def test_lease(port_block):
-    (OUT / f"ready-{{os.getpid()}}").touch()
+    (OUT / f"ready-{os.getpid()}").touch()
     wait_for((OUT / "go").exists, "the start signal")
     blocks = [port_block(3) for _ in range(10)]
-    (OUT / f"blocks-{{os.getpid()}}").write_text(" ".join(" ".join(map(str, b)) for b in blocks))
+    (OUT / f"blocks-{os.getpid()}").write_text(" ".join(" ".join(map(str, b)) for b in blocks))
     # Hold them until the other process has leased all of its own.
     wait_for(lambda: len(list(OUT.glob("blocks-*"))) == 2, "the other process")
-"""
-    )
+""")
     procs = [popen_pytest(pytester.path, *portlease_args, "-p", "no:xdist") for _ in range(2)]
     try:
         wait_for(out / "ready-*", procs, count=2)
@@ -133,18 +134,11 @@ def test_session_longer_than_its_ttl_keeps_its_leases(
     port_range: PortRange,
     tmp_path: Path,
 ) -> None:
-    out = tmp_path / "out"
-    out.mkdir()
-    pytester.makepyfile(
-        WAIT_FOR
-        + f"""
-OUT = pathlib.Path({str(out)!r})
-
+    out = nested_suite(pytester, tmp_path, """
 def test_hold(port_block):
     (OUT / "block").write_text(str(port_block(3).base))
     wait_for((OUT / "done").exists, "the other side")
-"""
-    )
+""")
     ttl = 2
     proc = popen_pytest(pytester.path, *portlease_args, f"--portlease-ttl={ttl}", "-p", "no:xdist")
     try:
