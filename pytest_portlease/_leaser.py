@@ -453,11 +453,24 @@ class PortLeaser:
                 return
             try:
                 self.release_all()
+                self._discard_temp()
             finally:
                 self._closed = True
                 if self._lock_closer is not None:
                     self._lock_closer()
                 self._lock_fd = None
+
+    def _discard_temp(self) -> None:
+        # Our last write kept the old state under our temp name for the next one; a closed
+        # leaser writes no more. Only if the lock is free right now: close() must not wait, and
+        # a temp left behind is removed by the first writer that sees us dead.
+        fd = self._lock_fd
+        if fd is None or self._lock_pid != os.getpid() or not _lock.poll_lock(fd, 0):
+            return
+        try:
+            self.store.discard_temp()
+        finally:
+            _lock.unlock(fd)
 
     def __enter__(self) -> PortLeaser:
         return self

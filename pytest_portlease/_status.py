@@ -102,7 +102,7 @@ def read_state(directory: Path, source: str = "argument") -> Loaded | None:
     if not os.path.lexists(store.state_path):
         return None
     with shared_lock(store.lock_path):
-        data = store.read_bytes()
+        data = store.read_unlocked()
     return parse_tolerant(data)
 
 
