@@ -291,21 +291,26 @@ class PortLeaser:
             self._warn_ephemeral(rng)
         full_label = " ".join(x for x in (self.label, label) if x)
 
-        def body(state: State) -> int:
+        def body(state: State) -> int | PortleaseError:
             now = _clock.now()
             reclaim(state, now, lease_ttl)
-            if port is None:
-                base = self._next_fit(state, rng, size)
-                # Past the block, or back to the start: fedimint-portalloc reads `next` as a u16.
-                state.next = base + size if base + size <= rng.high else rng.low
-            else:
-                base = self._exact(state, port, size)
+            try:
+                if port is None:
+                    base = self._next_fit(state, rng, size)
+                    # Past the block, or back to the start: fedimint-portalloc reads `next` as a u16.
+                    state.next = base + size if base + size <= rng.high else rng.low
+                else:
+                    base = self._exact(state, port, size)
+            except (PortRangeExhausted, PortUnavailable) as refused:
+                return refused  # raised once reclaim's changes (alive owners extended) are saved
             owner = self._owner(full_label)
             state.add(Entry(base, size, math.ceil(now + lease_ttl), owner))
             return base
 
         with self._mutex:
             base = self._transact(body)
+            if isinstance(base, PortleaseError):
+                raise base
             # Held only once the state is saved: a failed save must not leave a lease to renew.
             block = PortBlock(base, size, full_label)
             self._held[base] = (block, lease_ttl)
