@@ -142,7 +142,7 @@ class DirLock:
                 self._adopt(self._open())
             fd = self._fd
             assert fd is not None
-            if not try_lock(fd) and (locked := self._wait(fd, deadline, started)) != fd:
+            if not try_lock(fd) and (locked := self._wait(fd, deadline, started, timeout)) != fd:
                 self._adopt(locked)
             if self.is_current():
                 return replaced
@@ -154,22 +154,22 @@ class DirLock:
             if time.monotonic() >= deadline:
                 raise self._timeout(timeout, time.monotonic() - started)
 
-    def _wait(self, fd: int, deadline: float, started: float) -> int:
+    def _wait(self, fd: int, deadline: float, started: float, timeout: float) -> int:
         """A new descriptor of the lock file, holding the lock."""
         if not _blocking_wait_available():
             if poll_lock(fd, deadline - time.monotonic()):
                 return fd
-            raise self._timeout(deadline - started, time.monotonic() - started)
+            raise self._timeout(timeout, time.monotonic() - started)
         # Its own open file description: flock(2) locks per description, and an abandoned
         # waiter must never lock (or unlock) the one we keep.
         waiter = _Waiter(self._open(), self._waiters)
         if waiter.wait(deadline - time.monotonic()):
             return waiter.fd
-        raise self._timeout(deadline - started, time.monotonic() - started)
+        raise self._timeout(timeout, time.monotonic() - started)
 
     def _timeout(self, timeout: float, waited: float) -> LockTimeout:
         holder, waiters = _owner.lock_holders(self.path)
-        others = len([pid for pid in waiters if pid != os.getpid()])
+        others = len(set(waiters) - {os.getpid()})  # a process may wait from several threads
         process = _owner.describe_process(holder) if holder is not None else None
         return LockTimeout(os.fspath(self.path), timeout, holder, waited, others, process)
 
