@@ -12,12 +12,13 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Final, TypeVar
 
 from . import _clock, _heartbeat, _lock, _owner, _probe
+from ._block import LeaseStats as LeaseStats  # re-exported: older imports name _leaser
+from ._block import PortBlock as PortBlock
 from ._config import (
     PortRange,
     Resolved,
@@ -49,41 +50,6 @@ _T = TypeVar("_T")
 # is a bug of its own, which the last attempt then reports.
 _RETRIES = 5
 
-
-
-@dataclass(frozen=True)
-class PortBlock:
-    """A leased block of consecutive ports ``base .. base + size - 1``."""
-
-    base: int
-    size: int
-    label: str = ""
-    ports: tuple[int, ...] = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "ports", tuple(range(self.base, self.base + self.size)))
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.ports)
-
-    def __getitem__(self, index: int) -> int:
-        return self.ports[index]
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __contains__(self, port: object) -> bool:
-        return port in self.ports
-
-    def __str__(self) -> str:
-        return str(self.base) if self.size == 1 else f"{self.base}-{self.base + self.size - 1}"
-
-    def env(self, prefix: str = "PORTLEASE") -> dict[str, str]:
-        """``{PREFIX_PORT, PREFIX_PORT_0.., PREFIX_PORTS}`` for a child process or compose file."""
-        env = {f"{prefix}_PORT": str(self.base)}
-        env.update({f"{prefix}_PORT_{i}": str(port) for i, port in enumerate(self.ports)})
-        env[f"{prefix}_PORTS"] = ",".join(map(str, self.ports))
-        return env
 
 
 def _holder(entry: Entry) -> str:
@@ -523,21 +489,6 @@ class PortLeaser:
 
     def __repr__(self) -> str:
         return f"PortLeaser({os.fspath(self.directory)!r}, port_range='{self.port_range}', ttl={self.ttl:g})"
-
-
-@dataclass
-class LeaseStats:
-    """What a leaser did: blocks and ports leased, seconds spent leasing and waiting for the lock."""
-
-    blocks: int = 0
-    ports: int = 0
-    seconds: float = 0.0
-    lock_wait: float = 0.0
-
-    def add(self, block: PortBlock, seconds: float) -> None:
-        self.blocks += 1
-        self.ports += block.size
-        self.seconds += seconds
 
 
 @contextlib.contextmanager

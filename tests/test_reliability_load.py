@@ -60,7 +60,7 @@ def test_the_lock_file_removed_and_replaced_under_running_leasers(
     seed = _env_int("PORTLEASE_LOAD_SEED", random.randrange(1_000_000))
     report = run_load(
         lease_dir, (port_range.low, port_range.high), procs=6, leases=80, seed=seed, kill=False,
-        window=30, late=3, lock_events=("remove", "replace"),
+        window=30, late=3, lock_events=("remove", "replace"), timeout=120,
     )
     with capsys.disabled():
         print(f"\n{report.summary()} (PORTLEASE_LOAD_SEED={seed})")
