@@ -177,7 +177,7 @@ def test_reclaims_by_ttl_only(tmp_path: Path) -> None:
 def test_skips_a_port_bound_on_loopback(tmp_path: Path) -> None:
     import socket
 
-    base = _free_block(3)
+    base = _free_block(4)
     d = tmp_path / "fm"
     _write(d, {"next": base, "keys": {}})
     with socket.socket() as s:

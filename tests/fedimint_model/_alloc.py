@@ -104,7 +104,7 @@ class Allocator:
         base = data.next
         restarts = 0
         while True:
-            if HIGH < base:
+            if base > HIGH:
                 restarts += 1
                 if restarts > MAX_RESTARTS:
                     raise Livelock(f"no free block of {size} in {LOW}..{HIGH}: the crate spins here")

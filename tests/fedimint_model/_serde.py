@@ -32,6 +32,7 @@ struct values only and a state file never nests that deep.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,16 @@ U64_MAX = 0xFFFF_FFFF_FFFF_FFFF
 _WS = b" \t\n\r"
 _DIGITS = b"0123456789"
 _HEX = b"0123456789abcdefABCDEF"
+# Speed only (the model parses the whole state inside the lock on every allocation, as the crate
+# does): an entry in its plainest form, ``"base": {"size": S, "expires": E}``, is read by one
+# regular expression; anything else (extra fields, escapes, floats) takes the general path.
+_W = rb"[ \t\n\r]*"
+_FAST_ENTRY = re.compile(
+    _W + rb'"(0|[1-9][0-9]{0,4})"' + _W + rb":" + _W + rb"\{" + _W + rb'"size"' + _W + rb":" + _W
+    + rb"(0|[1-9][0-9]{0,4})" + _W + rb"," + _W + rb'"expires"' + _W + rb":" + _W
+    + rb"(0|[1-9][0-9]{0,19})" + _W + rb"\}" + _W + rb"(?=[,}])"
+)
+_PLAIN = re.compile(rb'[^"\\\x00-\x1f]*')  # string bytes that need no look
 
 
 class SerdeError(ValueError):
@@ -163,6 +174,13 @@ class _Reader:
                 if c == ord("}"):
                     raise self.error("trailing comma")
             first = False
+            fast = _FAST_ENTRY.match(self.data, self.pos)
+            if fast is not None:
+                key, size, expires = (int(g) for g in fast.groups())
+                if key <= U16_MAX and size <= U16_MAX and expires <= U64_MAX:
+                    keys[key] = Range(size, expires)
+                    self.pos = fast.end()
+                    continue
             if c != ord('"'):
                 raise self.error("key must be a string")
             self.pos += 1
@@ -186,11 +204,11 @@ class _Reader:
             self.pos += 1
             if self.peek() == ord("]"):
                 raise self.error("invalid length 0, expected struct RangeData with 2 elements")
-            size = self.u16()
+            seq_size = self.u16()
             self.comma_or_end("struct RangeData with 2 elements", required=True)
-            expires = self.u64()
+            seq_expires = self.u64()
             self.end_seq()
-            return Range(size, expires)
+            return Range(seq_size, seq_expires)
         if first != ord("{"):
             raise self.error("invalid type, expected struct RangeData")
         self.pos += 1
@@ -337,6 +355,9 @@ class _Reader:
         while True:
             if self.pos >= len(data):
                 raise self.error("EOF while parsing a string")
+            self.pos = _PLAIN.match(data, self.pos).end()  # type: ignore[union-attr]  # always matches
+            if self.pos >= len(data):
+                continue
             c = data[self.pos]
             if c == ord('"'):
                 out.append(self._utf8(data[chunk : self.pos]))
@@ -394,6 +415,7 @@ class _Reader:
         """Skip a string whose opening quote was consumed, as ``IoRead::ignore_str`` does."""
         data = self.data
         while True:
+            self.pos = _PLAIN.match(data, self.pos).end()  # type: ignore[union-attr]  # always matches
             if self.pos >= len(data):
                 raise self.error("EOF while parsing a string")
             c = data[self.pos]
