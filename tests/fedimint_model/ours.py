@@ -15,7 +15,9 @@ on stdout (flushed), then a last line ``{"done": ...}``.
 - ``turns``: ``count`` leases of one port, each bracketed by a count of the lines of the
   model's ``--grants-log``: prints ``{"turns": N}``, how many allocations fedimint made while
   this lease was in progress, as each lease ends.
-- ``latency``: ``count`` lease + release pairs; prints the lease's seconds (perf_counter) each.
+- ``latency``: ``count`` lease + release pairs; prints the leases' and the releases' seconds (perf_counter) and
+  the monotonic ns the loop started and ended at. With ``gate``, it prints ``{"ready": true}``
+  and waits for a line on stdin first, so that a parent can start many at once.
 """
 
 from __future__ import annotations
@@ -83,14 +85,21 @@ def _mode_turns(args: dict[str, Any]) -> None:
 
 
 def _mode_latency(args: dict[str, Any]) -> None:
-    seconds = []
+    seconds, release_seconds = [], []
     with PortLeaser(args["dir"], port_range=tuple(args["range"]), label="latency") as leaser:
+        if args.get("gate"):
+            _emit({"ready": True})
+            sys.stdin.readline()  # the parent starts every process at once
+        start = time.monotonic_ns()
         for _ in range(args["count"]):
             t0 = time.perf_counter()
             block = leaser.lease(1)
-            seconds.append(time.perf_counter() - t0)
+            t1 = time.perf_counter()
             leaser.release(block)
-    _emit({"done": True, "seconds": seconds})
+            seconds.append(t1 - t0)
+            release_seconds.append(time.perf_counter() - t1)
+        end = time.monotonic_ns()
+    _emit({"done": True, "seconds": seconds, "release_seconds": release_seconds, "start": start, "end": end})
 
 
 def main(argv: list[str]) -> int:
