@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import time
 import warnings
 from collections import defaultdict
 from pathlib import Path
@@ -240,26 +241,34 @@ def test_any_transaction_restores_the_owner_fedimint_dropped(
 # -- the two allocators at once -----------------------------------------------------------------
 
 
+#: How long a model grant is certainly live after its timestamp: it expires at int(now) + 120
+#: (live while now < expires, so at least 119 s), less a second for the store and hold that come
+#: between the grant's clock reading and the stamp.
+MODEL_LIVE_NS = 118 * 10**9
+
+
 def _check_no_overlaps(model_grants: list[tuple[int, int, int]], ours: list[dict[str, Any]]) -> list[str]:
     """Pairs of grants that held a common port at a common instant.
 
     A model grant lives from when it was made (its timestamp is taken inside the lock, after the
-    state was stored: at or after the grant) to the end of the run (TTL 120 s). Ours live from
-    ``start`` to ``end``, a window inside the true one. So a model grant made before our
-    ``end`` overlapped ours in time for certain, whatever the clock's skew between the stamps.
+    state was stored: at or after the grant) for its TTL. Ours live from ``start`` to ``end``, a
+    window inside the true one. Only pairs certainly live at once are reported, whatever the
+    skew between the stamps: a report is a double grant.
     """
     problems = []
-    by_port: dict[int, list[tuple[str, int, int]]] = defaultdict(list)
+    by_port: dict[int, list[tuple[int, int]]] = defaultdict(list)
     for base, size, stamp in model_grants:
         for port in range(base, base + size):
-            by_port[port].append(("model", stamp, base))
+            by_port[port].append((stamp, base))
     for port, holders in by_port.items():
-        if len(holders) > 1:
-            problems.append(f"port {port}: fedimint granted it {len(holders)} times: {holders}")
+        holders.sort()
+        for (s1, b1), (s2, b2) in itertools.pairwise(holders):
+            if s2 < s1 + MODEL_LIVE_NS:
+                problems.append(f"port {port}: fedimint granted {b1} and then {b2} while {b1} lived")
     for g in ours:
         for port in range(g["base"], g["base"] + g["size"]):
-            for _, stamp, base in by_port.get(port, []):
-                if stamp < g["end"]:
+            for stamp, base in by_port.get(port, []):
+                if stamp < g["end"] and g["start"] < stamp + MODEL_LIVE_NS:
                     problems.append(f"port {port}: fedimint granted {base} while we held {g['base']}+{g['size']}")
     ours_by_port: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for g in ours:
@@ -317,10 +326,11 @@ def _run_side_by_side(tmp_path: Path, port_range: PortRange, *, count: int, hold
     assert len(model_grants) == 4 * count and len(our_grants) == 4 * count
     assert _check_no_overlaps(model_grants, our_grants) == []  # type: ignore[arg-type]
     assert sampled["bad"] == [] and sampled["reads"] > 0
-    # Lossless: every fedimint grant is still in the file as fedimint wrote it (TTL 120 s).
-    final = parse(state.read_bytes())
-    for base, size, _ in model_grants:
-        assert base in final.keys and final.keys[base].size == size, f"fedimint's range {base} was lost"
+    # Lossless: every fedimint grant that is certainly still live is in the file as written.
+    final, ended = parse(state.read_bytes()), time.monotonic_ns()
+    for base, size, stamp in model_grants:
+        if stamp + MODEL_LIVE_NS > ended:
+            assert base in final.keys and final.keys[base].size == size, f"fedimint's range {base} was lost"
 
 
 def test_four_fedimint_processes_and_four_of_ours_at_once(tmp_path: Path, port_range: PortRange) -> None:
@@ -329,4 +339,4 @@ def test_four_fedimint_processes_and_four_of_ours_at_once(tmp_path: Path, port_r
 
 @pytest.mark.reliability
 def test_four_and_four_at_full_scale(tmp_path: Path, port_range: PortRange) -> None:
-    _run_side_by_side(tmp_path, port_range, count=200, hold_ms=2)
+    _run_side_by_side(tmp_path, port_range, count=100, hold_ms=1)
