@@ -1,7 +1,8 @@
 """``python -m tests.fedimint_model alloc --dir D --count N --size S [--hold-ms MS]``
 
 Calls ``port_alloc(S)`` N times on directory D, as one Rust process of fedimint's test suite
-would, and prints each granted base port on a line of its own (flushed at once, so a parent can
+would (``--hold-ms``: each call keeps the lock at least that long, as the crate's fsync does),
+and prints each granted base port on a line of its own (flushed at once, so a parent can
 follow). ``--timestamps`` adds the size and ``time.monotonic_ns()`` taken inside the lock
 after the state was stored; ``--grants-log F`` appends ``base size`` to F inside the lock (one
 ``write`` of an O_APPEND file per grant), so that another process can count the lock turns the
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     alloc.add_argument("--dir", required=True, type=Path)
     alloc.add_argument("--count", type=int, default=1)
     alloc.add_argument("--size", type=int, default=1)
-    alloc.add_argument("--hold-ms", type=float, default=0.0, help="extra time inside the lock")
+    alloc.add_argument("--hold-ms", type=float, default=0.0, help="least time inside the lock per allocation")
     alloc.add_argument("--release", action="store_true", help="u16 overflow wraps (release build)")
     alloc.add_argument("--timestamps", action="store_true")
     alloc.add_argument("--grants-log", type=Path)

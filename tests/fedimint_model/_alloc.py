@@ -72,8 +72,9 @@ def now_ts() -> int:
 @dataclass
 class Allocator:
     """``port_alloc`` on one data directory. ``debug``: u16 overflow panics (else it wraps);
-    ``hold``: extra seconds inside the lock after the fsync (the real crate holds it for the
-    fsync, about 23 ms on a CI disk); ``on_grant``: called with (base, size) under the lock,
+    ``hold``: the least time, in seconds, each allocation keeps the lock (the model pads its own
+    work up to it after the fsync: the real crate holds the lock about 23 ms on a CI disk, most
+    of it in the fsync); ``on_grant``: called with (base, size) under the lock,
     after the state was stored (a test's instrument: the crate has no such hook)."""
 
     directory: Path
@@ -92,14 +93,15 @@ class Allocator:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 fcntl.flock(fd, fcntl.LOCK_EX)  # waits in the kernel, like fs2's lock_exclusive
+            locked_at = time.monotonic()
             try:
-                return self._locked(size)
+                return self._locked(size, locked_at)
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
 
-    def _locked(self, size: int) -> int:
+    def _locked(self, size: int, locked_at: float) -> int:
         data = reclaim(self.load(), self.now())
         base = data.next
         restarts = 0
@@ -120,8 +122,8 @@ class Allocator:
                 continue
             self.insert(data, base, end, self.now() + ALLOCATION_TIME_SECS)
             self.store(data)
-            if self.hold:
-                time.sleep(self.hold)  # emulates the fsync of a real disk, inside the lock
+            if (pad := self.hold - (time.monotonic() - locked_at)) > 0:
+                time.sleep(pad)  # emulates the fsync of a real disk, inside the lock
             if self.on_grant is not None:
                 self.on_grant(base, size)
             return base
