@@ -103,7 +103,9 @@ def write_mixed_state(lease_dir: Path, port_range: PortRange) -> dict[str, int]:
     live = owner_for(os.getpid(), "live one").to_json()
     keys = {
         str(low): {"size": 2, "expires": math.ceil(now + 300), "owner": live},
-        str(low + 10): {"size": 3, "expires": math.floor(now - 30), "owner": live},
+        # Expired, of an owner we cannot check (another PID namespace): an alive owner we can
+        # check would keep its lease whatever its expires.
+        str(low + 10): {"size": 3, "expires": math.floor(now - 30), "owner": dict(live, ns="other/1")},
         str(low + 20): {"size": 1, "expires": math.ceil(now + 300), "owner": dead},
         str(low + 30): {"size": 4, "expires": math.ceil(now + 90)},  # fedimint's: no owner
     }
