@@ -16,13 +16,25 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ._state import STATE_NAME, Entry, State, _split_layout, _warn_once, parse_line, parse_tolerant
+from ._parse import parse_line, parse_tolerant, split_layout
+from ._state import STATE_NAME, Entry, State, _warn_once
 from .errors import PortleaseError
 
 LOCK_NAME = "lock"
 TEMP_PREFIX = f"{STATE_NAME}.tmp-"
 BACKUP_PREFIX = f"{STATE_NAME}.corrupt-"
 KEEP_BACKUPS = 5
+#: The largest state we read. 65,535 ranges (every port its own) at our longest line, about
+#: 1 KiB with a long label, is 64 MiB; fedimint's pretty JSON is ~60 bytes a range. The 17 MB
+#: state of 59,900 labelled ranges seen in the wild fits; a sparse 300 MB file (0 bytes on disk)
+#: is refused instead of read whole (711 MB of memory) or copied as a 300 MB backup.
+MAX_STATE_BYTES = 64 << 20
+#: Backups together stay within this; the newest is always kept (it is at most MAX_STATE_BYTES).
+MAX_BACKUP_BYTES = MAX_STATE_BYTES
+#: A state at least this big is read and parsed before the lock is taken, and the parse reused
+#: when the bytes under the lock are the same: the lock is then held for one lease's work, not
+#: for a parse of megabytes that every waiter would repeat in turn.
+PREREAD_BYTES = 256 << 10
 _LINE_CACHE_MAX = 50_000
 SWEEP_INTERVAL = 10.0
 
@@ -78,7 +90,7 @@ class Store:
         except FileExistsError as e:
             raise self._fail("is not a directory", "point it at a directory", e) from None
         except OSError as e:
-            raise self._fail("cannot be created", "choose a writable location", e) from None
+            raise self._fail("cannot be created", advice(e, "choose a writable location"), e) from None
         try:
             mode = self.directory.stat().st_mode
         except OSError as e:
@@ -113,7 +125,8 @@ class Store:
             os.fchmod(fd, self.file_mode)  # the umask must not take the group's bits away
             return fd
         except OSError as e:
-            raise self._fail("cannot open its lock file", "make the directory writable", e) from None
+            fix = advice(e, "make the directory writable", what=self.lock_path)
+            raise self._fail("cannot open its lock file", fix, e) from None
 
     def _remove_stale_temps(self) -> None:
         # Every writer writes under the lock, so any temp file seen while we hold it is left
@@ -145,22 +158,60 @@ class Store:
                 return b""
             if e.errno == errno.EISDIR:  # what _open_regular says of any other kind of file
                 raise self._fail(f"holds a {STATE_NAME} that is not a file", "remove it") from None
-            raise self._fail("has an unreadable state file", "check its permissions", e) from None
-        return _read_all(fd)
+            raise self._fail("has an unreadable state file", advice(e, "check its permissions"), e) from None
+        data = _read_all(fd, MAX_STATE_BYTES)
+        if data is None:
+            raise self.too_big()
+        return data
+
+    def too_big(self) -> PortleaseError:
+        try:
+            size = f"{os.lstat(self.state_path).st_size:,} bytes"
+        except OSError:
+            size = "too big"
+        return PortleaseError(
+            f"state file {self.state_path} (lease directory from {self.source}) is {size}, more than "
+            f"the {MAX_STATE_BYTES:,} bytes that 65,535 ranges need at most, so neither portlease "
+            f"nor fedimint-portalloc wrote it; it is not read: move it aside "
+            f"(mv {self.state_path} {self.state_path}.big) and the next lease starts a new state"
+        )
+
+    def preread(self) -> None:
+        """Outside the lock: read and parse a big state so that ``load`` under the lock can reuse
+        the parse when the bytes are still the same. Anything unusual is left to ``load``."""
+        try:
+            st = os.stat(self._state_b, follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode) or not PREREAD_BYTES <= st.st_size <= MAX_STATE_BYTES:
+                return
+            data = self.read_bytes()
+        except (OSError, PortleaseError):
+            return
+        if self._state is not None and data == self._bytes:
+            return
+        state = self._parse_lines(data)
+        if state is None:
+            loaded = parse_tolerant(data)
+            if loaded.problems:  # the backup and the warnings belong under the lock
+                self.invalidate()
+                return
+            state, self._lines_of_state = loaded.state, None
+        self._bytes, self._state = data, state
 
     def load(self, *, repair: bool = True) -> State:
         """The current state. ``repair``: back up and warn about what had to be dropped."""
         data = self.read_bytes()
         if self._state is not None and data == self._bytes:
-            return self._state  # nobody wrote since we last read or wrote: skip the parse
+            return self._state  # nobody wrote since we last read (or preread) or wrote
         state = self._parse_lines(data)
         if state is None:
             self._lines_of_state = None
             loaded = parse_tolerant(data)
             state = loaded.state
             if loaded.problems:
-                backup = self._backup(data) if repair and loaded.lossy else None
-                kept = f"; the original is kept as {backup}" if backup else ""
+                kept = ""
+                if repair and loaded.lossy:
+                    backup = self._backup(data)
+                    kept = f"; the original is kept as {backup}" if backup else ""
                 for problem in loaded.problems:
                     _warn_once(f"{self.state_path}: {problem}", kept)
         self._bytes, self._state = data, state
@@ -173,8 +224,9 @@ class Store:
         to it: another writer usually changed one or two ranges, and rebuilding a state of
         thousands would cost more than the rest of the lease.
         """
-        layout = _split_layout(data)
+        layout = split_layout(data)
         if layout is None:
+            self.invalidate_lines()
             return None
         head, raws = layout
         if len(self._lines) > _LINE_CACHE_MAX:
@@ -187,10 +239,14 @@ class Store:
         if state is None:
             return None
         self._lines_of_state = lines
-        state.next = head.pop("next")
-        state.extra = head
+        state.next, state.cursors, state.extra = head.next, head.cursors, head.extra
         state.dirty = False
         return state
+
+    def invalidate_lines(self) -> None:
+        # The cached state may have been patched half-way: it no longer matches any bytes.
+        if self._lines_of_state is not None:
+            self.invalidate()
 
     def _entry_of(self, raw: bytes) -> Entry | None:
         entry = self._lines.get(raw)
@@ -252,7 +308,7 @@ class Store:
             fd = _open_regular(self.directory / name)
         except OSError:
             return b""
-        return _read_all(fd)
+        return _read_all(fd, MAX_STATE_BYTES) or b""  # too big: no preference, never fatal
 
     def invalidate(self) -> None:
         """Forget the cached state (after a failure left it out of step with the file)."""
@@ -308,7 +364,11 @@ class Store:
             return os.open(path, flags, 0o600)
 
     def _backup(self, data: bytes) -> Path | None:
-        """Keep the original bytes before we overwrite what we could not read (newest few)."""
+        """Keep the original bytes before we overwrite what we could not read (newest few).
+
+        A backup that cannot be written (ENOSPC, EDQUOT, EIO) warns and is removed: the lease
+        goes on, since the repaired state is small and losing the lease helps nobody.
+        """
         stamp = int(time.time())
         for n in range(100):
             path = self.directory / f"{BACKUP_PREFIX}{stamp}" if n == 0 else \
@@ -317,24 +377,48 @@ class Store:
                 fd = self._create(path, replace=False)
             except FileExistsError:
                 continue
-            except OSError:
+            except OSError as e:
+                self._no_backup(e)
                 return None
             try:
-                self._fill(fd, data)
-            finally:
-                os.close(fd)
+                try:
+                    self._fill(fd, data)
+                    inject("backup-written")
+                finally:
+                    os.close(fd)
+            except OSError as e:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+                self._no_backup(e)
+                return None
             self._prune_backups()
             return path
         return None
 
-    def _prune_backups(self) -> None:
-        backups = sorted(
-            (p for p in self.directory.glob(f"{BACKUP_PREFIX}*") if not p.is_symlink()),
-            key=lambda p: p.stat().st_mtime_ns,
+    def _no_backup(self, error: OSError) -> None:
+        _warn_once(
+            f"{self.state_path}: could not keep a backup of the unreadable original "
+            f"({error.strerror or error}); it is repaired without one",
+            f": {advice(error, 'check the directory')}",
         )
-        for old in backups[:-KEEP_BACKUPS]:
+
+    def _prune_backups(self) -> None:
+        found = []
+        with contextlib.suppress(OSError), os.scandir(self.directory) as it:
+            for item in it:
+                if item.name.startswith(BACKUP_PREFIX) and not item.is_symlink():
+                    with contextlib.suppress(OSError):
+                        st = item.stat(follow_symlinks=False)
+                        # st_blocks: a sparse backup costs only what it holds on disk.
+                        found.append((st.st_mtime_ns, item.name, max(st.st_blocks * 512, 0), item.path))
+        found.sort(reverse=True)  # newest first
+        total = 0
+        for i, (_, _, size, path) in enumerate(found):
+            total += size
+            if i == 0 or (i < KEEP_BACKUPS and total <= MAX_BACKUP_BYTES):
+                continue
             with contextlib.suppress(OSError):
-                old.unlink()
+                os.unlink(path)
 
 
 def _open_regular(path: Path | bytes) -> int:
@@ -350,15 +434,42 @@ def _open_regular(path: Path | bytes) -> int:
     raise IsADirectoryError(errno.EISDIR, "not a regular file", os.fspath(path))
 
 
-def _read_all(fd: int) -> bytes:
-    """Read and close ``fd``."""
+def _read_all(fd: int, limit: int) -> bytes | None:
+    """Read and close ``fd``; None when it holds more than ``limit`` bytes (never read whole)."""
     try:
-        chunks = []
+        if os.fstat(fd).st_size > limit:
+            return None
+        chunks, total = [], 0
         while chunk := os.read(fd, 1 << 20):
+            total += len(chunk)
+            if total > limit:  # it grew after the fstat
+                return None
             chunks.append(chunk)
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def advice(error: OSError, default: str, *, what: Path | None = None) -> str:
+    """The fix for ``error``, by its errno: the same advice for every errno misleads."""
+    code = error.errno
+    if code == errno.EMFILE:
+        return "this process has too many open files: close some, or raise its limit (ulimit -n)"
+    if code == errno.ENFILE:
+        return "the system has too many open files: close some, or raise fs.file-max"
+    if code in (errno.EISDIR, errno.ELOOP, errno.ENXIO) and what is not None:
+        return f"{what} is not a regular file (a directory, a link or a device): remove it"
+    if code in (errno.EACCES, errno.EPERM):
+        return "this user lacks permission: fix the permissions (ls -ld), or choose another directory"
+    if code == errno.EROFS:
+        return "the file system is read-only: choose a directory on a writable one"
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return "the file system (or this user's quota) is full: free some space"
+    if code == errno.ENOTDIR:
+        return "a component of the path is not a directory: point it at a directory"
+    if code == errno.ENAMETOOLONG:
+        return "the path is too long: choose a shorter one"
+    return default
 
 
 _RENAME_EXCHANGE = 2

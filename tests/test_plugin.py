@@ -120,7 +120,10 @@ def test_patch_port_for_setting(
     result.stdout.fnmatch_lines([f"*FLAG {expected}*"])
 
 
-RANGE_EXPECTED = "expected LOW-HIGH with 1 <= LOW <= HIGH <= 65535, such as 20000-20999"
+RANGE_EXPECTED = (
+    "expected LOW-HIGH with 1 <= LOW <= HIGH <= 65535 and LOW <= 65534, such as 20000-20999 "
+    "(port 65535 is never leased: fedimint-portalloc computes base + size in 16 bits)"
+)
 TTL_EXPECTED = "expected a number of seconds greater than 0"
 
 
