@@ -182,6 +182,8 @@ class PortLeaser:
                 raise PortleaseError("this PortLeaser is closed; create a new one")
             inject("before-lock")
             self.store.prepare()
+            self.store.preread()  # a big state is parsed here, not while every waiter waits
+            inject("preread")
             waited = time.perf_counter()
             self._acquire()
             self.stats.lock_wait += time.perf_counter() - waited

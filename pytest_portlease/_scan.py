@@ -32,13 +32,20 @@ def usable(rng: PortRange) -> PortRange:
     return PortRange(rng.low, min(rng.high, LAST_PORT))
 
 
-def start(state: State, rng: PortRange, size: int) -> int:
-    """The base the scan starts at: the range's cursor, or fedimint's where it points into the
-    range; else (a fresh state, a cursor outside the range) a random base of the range."""
-    key, rng = str(rng), usable(rng)
-    cursor = state.cursor(key)
+def cursor_of(state: State, rng: PortRange) -> int | None:
+    """The range's cursor, or fedimint's ``next`` where it points into the range (fedimint
+    rewrote the file and dropped ours, or the range shares its ports); None for neither."""
+    cursor = state.cursor(str(rng))
     if cursor is None and rng.low <= state.next <= rng.high:
         cursor = state.next
+    return cursor
+
+
+def start(state: State, rng: PortRange, size: int) -> int:
+    """The base the scan starts at: the range's cursor; else (a fresh state, a cursor outside
+    the range) a random base of the range."""
+    cursor = cursor_of(state, rng)
+    rng = usable(rng)
     if cursor is not None and rng.low <= cursor <= rng.high - size + 1:
         return cursor
     return _random.randrange(rng.low, rng.high - size + 2)

@@ -46,8 +46,9 @@ class Entry:
 
     @property
     def end(self) -> int:
-        """The last port; ``base - 1`` for a range of size 0 (fedimint's schema allows it)."""
-        return self.base + self.size - 1
+        """The last port. A range of size 0 (fedimint's schema allows it) is taken to hold its
+        base: a block granted there would have to replace it, and it is kept as written."""
+        return self.base + max(self.size, 1) - 1
 
     @property
     def process(self) -> Process | None:
@@ -80,8 +81,7 @@ class State:
         self.entries = entries
         self.extra = extra
         self.bases = sorted(entries)
-        # Ranges of size 0 (valid for fedimint) break "ends grow with bases": the careful scan.
-        self.overlapping = self._careful()
+        self.overlapping = self._find_overlap() is not None
         self.dirty = False  # changed since loaded: the transaction saves it
         # What reclaim needs without a pass over every range: the owning processes (with how
         # many ranges each holds), and a bound no range expires before.
@@ -96,11 +96,9 @@ class State:
         entries = self.entries
         for base in self.bases:
             entry = entries[base]
-            if entry.size == 0:
-                continue  # holds no port: overlaps nothing
             if reach is not None and base <= reach_end:
                 return reach, entry
-            end = base + entry.size - 1
+            end = base + max(entry.size, 1) - 1  # Entry.end, without the property's cost
             if end > reach_end:
                 reach, reach_end = entry, end
         return None
@@ -111,8 +109,6 @@ class State:
         else:
             bisect.insort(self.bases, entry.base)
         self.entries[entry.base] = entry
-        if entry.size == 0:
-            self.overlapping = True
         if entry.process:
             self.processes[entry.process] += 1
         self.soonest = min(self.soonest, entry.expires)
@@ -125,13 +121,8 @@ class State:
             self._forget(entry)
             self.dirty = True
             if self.overlapping:
-                self.overlapping = self._careful()
+                self.overlapping = self._find_overlap() is not None
         return entry
-
-    def _careful(self) -> bool:
-        """Must ``conflict`` look at every range below? Overlapping ranges, and ranges of size 0
-        (valid for fedimint), break "ends grow with bases"."""
-        return self._find_overlap() is not None or any(e.size == 0 for e in self.entries.values())
 
     def _forget(self, entry: Entry) -> None:
         if entry.process and (left := self.processes[entry.process] - 1):

@@ -454,9 +454,9 @@ def advice(error: OSError, default: str, *, what: Path | None = None) -> str:
     """The fix for ``error``, by its errno: the same advice for every errno misleads."""
     code = error.errno
     if code == errno.EMFILE:
-        return "this process has too many open files: close some, or raise its limit (ulimit -n)"
+        return "too many open files in this process: close some, or raise its limit (ulimit -n)"
     if code == errno.ENFILE:
-        return "the system has too many open files: close some, or raise fs.file-max"
+        return "too many open files in the system: close some, or raise fs.file-max (sysctl)"
     if code in (errno.EISDIR, errno.ELOOP, errno.ENXIO) and what is not None:
         return f"{what} is not a regular file (a directory, a link or a device): remove it"
     if code in (errno.EACCES, errno.EPERM):
