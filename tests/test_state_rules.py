@@ -16,7 +16,7 @@ import pytest
 from _reliability import check_state_bytes
 from conftest import free_window
 
-from pytest_portlease import PortleaseError, PortLeaser, PortleaseWarning, PortUnavailable
+from pytest_portlease import PortLeaser, PortleaseWarning, PortUnavailable
 from pytest_portlease._config import PortRange
 from pytest_portlease._state import STATE_NAME, _warned
 from pytest_portlease._status import read_status

@@ -106,8 +106,9 @@ def test_enospc_while_backing_up_warns_and_the_lease_goes_on(
     lease_dir.mkdir()
     live = {str(port_range.low): {"size": 3, "expires": FUTURE}, "junk": 1}
     (lease_dir / STATE_NAME).write_text(json.dumps({"next": port_range.low, "keys": live}))
-    with PortLeaser(lease_dir, port_range=port_range) as leaser, pytest.warns(PortleaseWarning) as record:
-        block = leaser.lease(1)
+    with PortLeaser(lease_dir, port_range=port_range) as leaser:
+        with pytest.warns(PortleaseWarning) as record:
+            block = leaser.lease(1)
         with pytest.raises(PortUnavailable):
             leaser.lease(1, port=port_range.low + 1)
     messages = "\n".join(str(w.message) for w in record)
