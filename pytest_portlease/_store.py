@@ -16,21 +16,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ._backups import BACKUP_PREFIX as BACKUP_PREFIX  # re-exported: other modules and tests name it here
+from ._backups import KEEP_BACKUPS as KEEP_BACKUPS
+from ._backups import keep_backup
+from ._files import MAX_STATE_BYTES, advice, open_regular, read_all
 from ._parse import parse_line, parse_tolerant, split_layout
 from ._state import STATE_NAME, Entry, State, _warn_once
 from .errors import PortleaseError
 
 LOCK_NAME = "lock"
 TEMP_PREFIX = f"{STATE_NAME}.tmp-"
-BACKUP_PREFIX = f"{STATE_NAME}.corrupt-"
-KEEP_BACKUPS = 5
-#: The largest state we read. 65,535 ranges (every port its own) at our longest line, about
-#: 1 KiB with a long label, is 64 MiB; fedimint's pretty JSON is ~60 bytes a range. The 17 MB
-#: state of 59,900 labelled ranges seen in the wild fits; a sparse 300 MB file (0 bytes on disk)
-#: is refused instead of read whole (711 MB of memory) or copied as a 300 MB backup.
-MAX_STATE_BYTES = 64 << 20
-#: Backups together stay within this; the newest is always kept (it is at most MAX_STATE_BYTES).
-MAX_BACKUP_BYTES = MAX_STATE_BYTES
 #: A state at least this big is read and parsed before the lock is taken, and the parse reused
 #: when the bytes under the lock are the same: the lock is then held for one lease's work, not
 #: for a parse of megabytes that every waiter would repeat in turn.
@@ -149,7 +144,7 @@ class Store:
     def read_bytes(self) -> bytes:
         """The state file's bytes; b"" when it is missing. A symlink is not followed."""
         try:
-            fd = _open_regular(self._state_b)
+            fd = open_regular(self._state_b)
         except FileNotFoundError:
             return b""
         except OSError as e:
@@ -159,7 +154,7 @@ class Store:
             if e.errno == errno.EISDIR:  # what _open_regular says of any other kind of file
                 raise self._fail(f"holds a {STATE_NAME} that is not a file", "remove it") from None
             raise self._fail("has an unreadable state file", advice(e, "check its permissions"), e) from None
-        data = _read_all(fd, MAX_STATE_BYTES)
+        data = read_all(fd, MAX_STATE_BYTES)
         if data is None:
             raise self.too_big()
         return data
@@ -210,7 +205,7 @@ class Store:
             if loaded.problems:
                 kept = ""
                 if repair and loaded.lossy:
-                    backup = self._backup(data)
+                    backup = keep_backup(self, data)
                     kept = f"; the original is kept as {backup}" if backup else ""
                 for problem in loaded.problems:
                     _warn_once(f"{self.state_path}: {problem}", kept)
@@ -305,10 +300,10 @@ class Store:
     def read_file(self, name: str) -> bytes:
         """Another small file of ours; b"" when missing, unreadable or a symlink."""
         try:
-            fd = _open_regular(self.directory / name)
+            fd = open_regular(self.directory / name)
         except OSError:
             return b""
-        return _read_all(fd, MAX_STATE_BYTES) or b""  # too big: no preference, never fatal
+        return read_all(fd, MAX_STATE_BYTES) or b""  # too big: no preference, never fatal
 
     def invalidate(self) -> None:
         """Forget the cached state (after a failure left it out of step with the file)."""
@@ -362,114 +357,6 @@ class Store:
             # unlink removes the name, never what a link points to.
             os.unlink(path)
             return os.open(path, flags, 0o600)
-
-    def _backup(self, data: bytes) -> Path | None:
-        """Keep the original bytes before we overwrite what we could not read (newest few).
-
-        A backup that cannot be written (ENOSPC, EDQUOT, EIO) warns and is removed: the lease
-        goes on, since the repaired state is small and losing the lease helps nobody.
-        """
-        stamp = int(time.time())
-        for n in range(100):
-            path = self.directory / f"{BACKUP_PREFIX}{stamp}" if n == 0 else \
-                self.directory / f"{BACKUP_PREFIX}{stamp}.{n}"
-            try:
-                fd = self._create(path, replace=False)
-            except FileExistsError:
-                continue
-            except OSError as e:
-                self._no_backup(e)
-                return None
-            try:
-                try:
-                    self._fill(fd, data)
-                    inject("backup-written")
-                finally:
-                    os.close(fd)
-            except OSError as e:
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
-                self._no_backup(e)
-                return None
-            self._prune_backups()
-            return path
-        return None
-
-    def _no_backup(self, error: OSError) -> None:
-        _warn_once(
-            f"{self.state_path}: could not keep a backup of the unreadable original "
-            f"({error.strerror or error}); it is repaired without one",
-            f": {advice(error, 'check the directory')}",
-        )
-
-    def _prune_backups(self) -> None:
-        found = []
-        with contextlib.suppress(OSError), os.scandir(self.directory) as it:
-            for item in it:
-                if item.name.startswith(BACKUP_PREFIX) and not item.is_symlink():
-                    with contextlib.suppress(OSError):
-                        st = item.stat(follow_symlinks=False)
-                        # st_blocks: a sparse backup costs only what it holds on disk.
-                        found.append((st.st_mtime_ns, item.name, max(st.st_blocks * 512, 0), item.path))
-        found.sort(reverse=True)  # newest first
-        total = 0
-        for i, (_, _, size, path) in enumerate(found):
-            total += size
-            if i == 0 or (i < KEEP_BACKUPS and total <= MAX_BACKUP_BYTES):
-                continue
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-
-
-def _open_regular(path: Path | bytes) -> int:
-    """Open a regular file for reading, never through a symlink; EISDIR for any other kind.
-
-    O_NONBLOCK: opening a FIFO planted at one of our names would otherwise wait forever for a
-    writer; on a regular file it changes nothing.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    if stat.S_ISREG(os.fstat(fd).st_mode):
-        return fd
-    os.close(fd)
-    raise IsADirectoryError(errno.EISDIR, "not a regular file", os.fspath(path))
-
-
-def _read_all(fd: int, limit: int) -> bytes | None:
-    """Read and close ``fd``; None when it holds more than ``limit`` bytes (never read whole)."""
-    try:
-        if os.fstat(fd).st_size > limit:
-            return None
-        chunks, total = [], 0
-        while chunk := os.read(fd, 1 << 20):
-            total += len(chunk)
-            if total > limit:  # it grew after the fstat
-                return None
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
-
-
-def advice(error: OSError, default: str, *, what: Path | None = None) -> str:
-    """The fix for ``error``, by its errno: the same advice for every errno misleads."""
-    code = error.errno
-    if code == errno.EMFILE:
-        return "too many open files in this process: close some, or raise its limit (ulimit -n)"
-    if code == errno.ENFILE:
-        return "too many open files in the system: close some, or raise fs.file-max (sysctl)"
-    if code in (errno.EISDIR, errno.ELOOP, errno.ENXIO) and what is not None:
-        return f"{what} is not a regular file (a directory, a link or a device): remove it"
-    if code in (errno.EACCES, errno.EPERM):
-        return "this user lacks permission: fix the permissions (ls -ld), or choose another directory"
-    if code == errno.EROFS:
-        return "the file system is read-only: choose a directory on a writable one"
-    if code in (errno.ENOSPC, errno.EDQUOT):
-        return "the file system (or this user's quota) is full: free some space"
-    if code == errno.ENOTDIR:
-        return "a component of the path is not a directory: point it at a directory"
-    if code == errno.ENAMETOOLONG:
-        return "the path is too long: choose a shorter one"
-    return default
 
 
 _RENAME_EXCHANGE = 2

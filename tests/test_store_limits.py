@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import free_window
 
-from pytest_portlease import PortleaseError, PortLeaser, PortleaseWarning, PortUnavailable, _store
+from pytest_portlease import PortleaseError, PortLeaser, PortleaseWarning, PortUnavailable, _backups, _store
 from pytest_portlease._config import PortRange
 from pytest_portlease._state import STATE_NAME, _warned
 from pytest_portlease._status import read_status
@@ -75,7 +75,7 @@ def test_a_sparse_300_mb_state_is_refused_not_read_or_copied(lease_dir: Path, po
 def test_backups_are_bounded_in_total_size(
     lease_dir: Path, port_range: PortRange, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_store, "MAX_BACKUP_BYTES", 1 << 20)
+    monkeypatch.setattr(_backups, "MAX_BACKUP_BYTES", 1 << 20)
     store = Store(lease_dir, "test")
     store.prepare()
     junk = [bytes([65 + i]) * (400 << 10) for i in range(4)]  # 400 KiB each, real blocks on disk
