@@ -479,7 +479,7 @@ def test_library_warnings_are_summarised_not_raised(
     result = pytester.runpytest_subprocess(*portlease_args, "-W", "error", *xdist)
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines([
-        "portlease: PortleaseWarning: *fm-portalloc.json: dropped range 20000*"
+        "portlease: PortleaseWarning: *fm-portalloc.json: dropped 1 range (not an object): 20000*"
         "(recorded while leasing, not raised)"
     ])
 
