@@ -190,6 +190,7 @@ class Store:
                 self.invalidate()
                 return
             state, self._lines_of_state = loaded.state, None
+        state.lines()  # each range's line is cached now: the save under the lock reuses them
         self._bytes, self._state = data, state
 
     def load(self, *, repair: bool = True) -> State:
