@@ -309,12 +309,9 @@ def _parse(data: bytes, problems: Problems) -> State:
         entries[entry.base] = entry
     problems.recovered = len(entries)
     next_port, cursors, extra = read_head(doc, problems)
-    state = State(next_port, entries, extra, cursors)
-    if (pair := state._find_overlap()) is not None:
-        a, b = pair
-        # Not lossy: both are kept as written, and neither is ever granted.
-        problems.note(f"ranges {a.base}-{a.end} and {b.base}-{b.end} overlap; both are kept", lossy=False)
-    return state
+    # Overlapping ranges are valid for fedimint: both are kept as written, silently, and no port
+    # of either is granted (State.conflict).
+    return State(next_port, entries, extra, cursors)
 
 
 def split_layout(data: bytes) -> tuple[State, list[bytes]] | None:

@@ -194,8 +194,7 @@ def test_overlapping_entries_are_both_kept_and_both_protected(
     }
     write_state(lease_dir, json.dumps({"next": low + 5, "keys": keys}))
     with PortLeaser(lease_dir, port_range=port_range) as leaser:
-        with pytest.warns(PortleaseWarning, match="overlap; both are kept"):
-            first = leaser.lease(5)
+        first = leaser.lease(5)  # valid for fedimint: kept as written, no warning
         second = leaser.lease(3)
     assert first.base == low + 20
     assert second.base == low + 37
