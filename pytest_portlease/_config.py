@@ -21,6 +21,9 @@ T = TypeVar("T")
 DEFAULT_RANGE_TEXT = "10000-32000"
 DEFAULT_TTL = 120.0
 MAX_TTL = 10 * 365 * 24 * 3600.0
+#: The last port a block may use: fedimint-portalloc computes ``base + size`` in u16, so a block
+#: that includes 65535 makes its debug builds panic and its release builds wrap.
+LAST_PORT = 65534
 
 DIR_HELP = (
     "directory of the shared lease state (lock + fm-portalloc.json); "
@@ -69,7 +72,10 @@ def check_port(value: object, name: str, source: str) -> int:
 
 def parse_port_range(raw: object, name: str, source: str) -> PortRange:
     """Parse ``"LOW-HIGH"`` or a ``(low, high)`` pair into a ``PortRange``."""
-    expected = "expected LOW-HIGH with 1 <= LOW <= HIGH <= 65535, such as 20000-20999"
+    expected = (
+        f"expected LOW-HIGH with 1 <= LOW <= HIGH <= 65535 and LOW <= {LAST_PORT}, such as 20000-20999 "
+        f"(port 65535 is never leased: fedimint-portalloc computes base + size in 16 bits)"
+    )
     bounds: tuple[object, ...]
     if isinstance(raw, str):
         parts = raw.strip().split("-")
@@ -84,6 +90,7 @@ def parse_port_range(raw: object, name: str, source: str) -> PortRange:
     if (
         any(isinstance(b, bool) or not isinstance(b, int) for b in bounds)
         or not 1 <= low <= high <= 65535  # type: ignore[operator]
+        or low > LAST_PORT  # type: ignore[operator]
     ):
         raise InvalidArgument(f"invalid {name} {raw!r} from {source}: {expected}")
     return PortRange(low, high)  # type: ignore[arg-type]

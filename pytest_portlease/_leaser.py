@@ -16,10 +16,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, TypeVar
 
-from . import _clock, _heartbeat, _lock, _owner, _probe
+from . import _clock, _heartbeat, _lock, _owner, _probe, _scan
 from ._block import LeaseStats as LeaseStats  # re-exported: older imports name _leaser
 from ._block import PortBlock as PortBlock
 from ._config import (
+    LAST_PORT,
     PortRange,
     Resolved,
     check_port,
@@ -170,6 +171,8 @@ class PortLeaser:
                 raise PortleaseError("this PortLeaser is closed; create a new one")
             inject("before-lock")
             self.store.prepare()
+            self.store.preread()  # a big state is parsed here, not while every waiter waits
+            inject("preread")
             waited = time.perf_counter()
             if self._lock.acquire(self.lock_timeout):
                 # Written meanwhile by processes that locked another inode: nothing cached holds.
@@ -245,13 +248,18 @@ class PortLeaser:
             raise InvalidArgument(f"invalid label {label!r} from argument: expected a string")
         if port is not None:
             check_port(port, "port", "argument")
-            if port + size - 1 > 65535:
+            if port + size - 1 > LAST_PORT:
                 raise InvalidArgument(
-                    f"invalid size {size} from argument: {port}+{size} ports run past 65535"
+                    f"invalid port {port} with size {size} from argument: the block "
+                    f"{PortBlock(port, size)} includes port 65535, which no block may use, since "
+                    f"fedimint-portalloc computes base + size in 16 bits; expected a block that "
+                    f"ends at {LAST_PORT} at the latest"
                 )
-        elif size > rng.size:
+        elif size > _scan.usable(rng).size:
             raise InvalidArgument(
-                f"invalid size {size} from argument: the range {rng} holds only {rng.size} ports"
+                f"invalid size {size} from argument: the range {rng} holds only "
+                f"{_scan.usable(rng).size} ports that a block may use"
+                + (" (never 65535: fedimint-portalloc computes base + size in 16 bits)" if rng.high > LAST_PORT else "")
             )
         else:
             self._warn_ephemeral(rng)
@@ -263,8 +271,7 @@ class PortLeaser:
             try:
                 if port is None:
                     base = self._next_fit(state, rng, size)
-                    # Past the block, or back to the start: fedimint-portalloc reads `next` as a u16.
-                    state.next = base + size if base + size <= rng.high else rng.low
+                    _scan.advance(state, rng, base, size)
                 else:
                     base = self._exact(state, port, size)
             except (PortRangeExhausted, PortUnavailable) as refused:
@@ -293,26 +300,8 @@ class PortLeaser:
         return _owner.owner_for(pid, label)
 
     def _next_fit(self, state: State, rng: PortRange, size: int) -> int:
-        # Next-fit from the cursor, wrapping once; every jump moves strictly forward, so one
-        # full cycle probes each port at most once and the scan always ends.
-        start = state.next if rng.low <= state.next <= rng.high - size + 1 else rng.low
-        base, wrapped = start, False
-        while True:
-            if base + size - 1 > rng.high:
-                if wrapped:
-                    break
-                base, wrapped = rng.low, True
-            if wrapped and base >= start:
-                break
-            if (entry := state.conflict(base, base + size - 1)) is not None:
-                base = entry.end + 1
-                continue
-            busy = _probe.first_busy(range(base, base + size))
-            if busy is None:
-                log.debug("probed %d-%d: free", base, base + size - 1)
-                return base
-            log.debug("probed %d-%d: port %d is bound outside portlease", base, base + size - 1, busy)
-            base = busy + 1
+        if (base := _scan.next_fit(state, rng, size)) is not None:
+            return base
         held = [e for e in state.entries.values() if e.base <= rng.high and e.end >= rng.low]
         ports = sum(min(e.end, rng.high) - max(e.base, rng.low) + 1 for e in held)
         raise PortRangeExhausted(

@@ -1,9 +1,9 @@
-"""The JSON state: fedimint-portalloc's schema, our one-range-per-line layout, tolerant parsing.
+"""The JSON state: fedimint-portalloc's schema and our one-range-per-line layout.
 
 The file is fedimint-portalloc's ``{"next": N, "keys": {"<base>": {"size": S, "expires": T}}}``
-plus our optional ``owner``. We write one range per line, sorted by base, so that a reader can
-reuse the ranges it already parsed (see ``_store.Store``). Any other layout (fedimint's, a hand
-edit) goes through the full tolerant parser, which keeps every valid range and names the rest.
+plus our optional ``owner`` and our cursors (``"portlease": {"cursors": {"LOW-HIGH": N}}``). We
+write one range per line, sorted by base, so that a reader can reuse the ranges it already parsed
+(see ``_store.Store``). Reading any bytes tolerantly is ``_parse``'s job.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import os
-import re
 import sys
 import threading
 import warnings
@@ -27,6 +26,12 @@ from ._owner import Owner, Process
 from .errors import PortleaseWarning
 
 STATE_NAME = "fm-portalloc.json"
+#: fedimint-portalloc reads ``expires`` as a u64: a larger number is not one it can parse.
+U64_MAX = 2**64 - 1
+#: Our field at the top level; fedimint-portalloc ignores it and drops it when it rewrites the file.
+OURS = "portlease"
+#: Cursors kept at most: a caller that leases from ever new ranges must not grow the file for ever.
+MAX_CURSORS = 64
 
 
 @dataclass(frozen=True)
@@ -41,7 +46,9 @@ class Entry:
 
     @property
     def end(self) -> int:
-        return self.base + self.size - 1
+        """The last port. A range of size 0 (fedimint's schema allows it) is taken to hold its
+        base: a block granted there would have to replace it, and it is kept as written."""
+        return self.base + max(self.size, 1) - 1
 
     @property
     def process(self) -> Process | None:
@@ -49,8 +56,10 @@ class Entry:
 
     @cached_property
     def line(self) -> bytes:
-        """The entry as one line of our layout. fedimint reads ``expires`` as a u64: write an int."""
-        value: dict[str, Any] = {"size": self.size, "expires": math.ceil(self.expires)}
+        """The entry as one line of our layout. fedimint reads ``expires`` as a u64: write an int
+        within it (a negative one reads as expired either way)."""
+        expires = min(max(math.ceil(self.expires), 0), U64_MAX)
+        value: dict[str, Any] = {"size": self.size, "expires": expires}
         value.update(self.extra)
         if self.owner is not None:
             value["owner"] = self.owner.to_json()
@@ -60,8 +69,15 @@ class Entry:
 class State:
     """The ranges of the state file, indexed by base for O(log n) overlap checks."""
 
-    def __init__(self, next_port: int, entries: dict[int, Entry], extra: dict[str, Any]) -> None:
-        self.next = next_port
+    def __init__(
+        self,
+        next_port: int,
+        entries: dict[int, Entry],
+        extra: dict[str, Any],
+        cursors: dict[str, int] | None = None,
+    ) -> None:
+        self.next = next_port  # fedimint-portalloc's cursor
+        self.cursors: dict[str, int] = {} if cursors is None else cursors  # ours: range -> next base
         self.entries = entries
         self.extra = extra
         self.bases = sorted(entries)
@@ -82,7 +98,7 @@ class State:
             entry = entries[base]
             if reach is not None and base <= reach_end:
                 return reach, entry
-            end = base + entry.size - 1
+            end = base + max(entry.size, 1) - 1  # Entry.end, without the property's cost
             if end > reach_end:
                 reach, reach_end = entry, end
         return None
@@ -130,159 +146,24 @@ class State:
         entries = self.entries
         return [entries[b].line for b in self.bases]
 
+    def cursor(self, key: str) -> int | None:
+        return self.cursors.get(key)
+
+    def set_cursor(self, key: str, base: int) -> None:
+        self.cursors.pop(key, None)  # re-inserted last: the oldest cursors are the ones dropped
+        self.cursors[key] = base
+        while len(self.cursors) > MAX_CURSORS:
+            del self.cursors[next(iter(self.cursors))]
+        self.dirty = True
+
     def encode(self, lines: list[bytes] | None = None) -> bytes:
-        head = json.dumps({"next": self.next, **self.extra})[:-1] + ', "keys": {'
+        top = {"next": self.next, **self.extra}
+        if self.cursors:
+            top[OURS] = {"cursors": self.cursors}
+        head = json.dumps(top)[:-1] + ', "keys": {'
         lines = self.lines() if lines is None else lines
         parts = [head.encode("ascii"), b",\n".join(lines), b"}}\n"] if lines else [head.encode("ascii"), b"}}\n"]
         return b"\n".join(parts)
-
-
-@dataclass
-class Loaded:
-    state: State
-    problems: list[str]
-    lossy: bool  # something was dropped or changed: the original bytes deserve a backup
-    size: int = 0  # of the bytes parsed
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _entry(key: object, value: object, problems: list[str]) -> Entry | None:
-    if not (isinstance(key, str) and key.isascii() and key.isdecimal() and 1 <= int(key) <= 65535):
-        problems.append(f"dropped range {key!r}: the key is not a port number from 1 to 65535")
-        return None
-    base = int(key)
-    if not isinstance(value, dict):
-        problems.append(f"dropped range {key}: expected an object, found {type(value).__name__}")
-        return None
-    size, expires = value.get("size"), value.get("expires")
-    if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= 65536 - base:
-        problems.append(f"dropped range {key}: size {size!r} is not a whole number of ports that fits")
-        return None
-    if not isinstance(expires, int | float) or isinstance(expires, bool) or not math.isfinite(expires):
-        problems.append(f"dropped range {key}: expires {expires!r} is not a number of unix seconds")
-        return None
-    owner = None
-    if "owner" in value:
-        owner = Owner.from_json(value["owner"])
-        if owner is None:
-            problems.append(f"range {key}: malformed owner {value['owner']!r} removed, range kept")
-    extra = tuple((k, v) for k, v in value.items() if k not in ("size", "expires", "owner"))
-    if extra and not _is_json(dict(extra)):
-        problems.append(f"range {key}: fields that are not JSON (NaN, Infinity) removed, range kept")
-        extra = tuple((k, v) for k, v in extra if _is_json(v))
-    return Entry(base, size, expires, owner, extra)
-
-
-def _is_json(value: object) -> bool:
-    # Python's json reads NaN and Infinity, serde_json (fedimint-portalloc) refuses the whole
-    # file: never write them back.
-    try:
-        json.dumps(value, allow_nan=False)
-    except (ValueError, RecursionError):
-        return False
-    return True
-
-
-_SALVAGE_KEY = re.compile(r'"(\d{1,5})"\s*:\s*(?=\{)')
-_SALVAGE_NEXT = re.compile(r'"next"\s*:\s*(\d{1,5})\b')
-
-
-def _salvage(text: str) -> dict[str, Any]:
-    """Recover what ranges we can from a file that is not JSON (truncated, torn, hand-mangled)."""
-    decoder = json.JSONDecoder()
-    keys: dict[str, Any] = {}
-    for match in _SALVAGE_KEY.finditer(text):
-        with contextlib.suppress(ValueError, RecursionError):
-            keys[match.group(1)] = decoder.raw_decode(text, match.end())[0]
-    doc: dict[str, Any] = {"keys": keys}
-    if found := _SALVAGE_NEXT.search(text):
-        doc["next"] = int(found.group(1))
-    return doc
-
-
-def parse_tolerant(data: bytes) -> Loaded:
-    """Parse any bytes; keep every valid range and describe everything that was not."""
-    loaded = _parse_tolerant(data)
-    loaded.size = len(data)
-    return loaded
-
-
-def _parse_tolerant(data: bytes) -> Loaded:
-    problems: list[str] = []
-    if not data.strip():
-        return Loaded(State(0, {}, {}), problems, lossy=False)
-    try:
-        doc: Any = json.loads(data)
-    # UnicodeDecodeError is a ValueError too; RecursionError: thousands of nested brackets.
-    except (ValueError, RecursionError) as e:
-        doc = _salvage(data.decode("utf-8", "replace"))
-        problems.append(f"not valid JSON ({e}); salvaged {len(doc['keys'])} range(s)")
-    if not isinstance(doc, dict):
-        problems.append(f"the top level is {type(doc).__name__}, not an object")
-        doc = {}
-    next_port = doc.get("next", 0)
-    if not _is_int(next_port) or not 0 <= next_port <= 65535:
-        problems.append(f"'next' {next_port!r} is not a port number; reset")
-        next_port = 0
-    keys = doc.get("keys", {})
-    if not isinstance(keys, dict):
-        problems.append(f"'keys' is {type(keys).__name__}, not an object; no range could be read")
-        keys = {}
-    entries: dict[int, Entry] = {}
-    for key, value in keys.items():
-        if (entry := _entry(key, value, problems)) is not None:
-            entries[entry.base] = entry
-    extra = {k: v for k, v in doc.items() if k not in ("next", "keys")}
-    if extra and not _is_json(extra):
-        problems.append("top-level fields that are not JSON (NaN, Infinity) removed")
-        extra = {k: v for k, v in extra.items() if _is_json(v)}
-    lossy = bool(problems)
-    state = State(next_port, entries, extra)
-    if (pair := state._find_overlap()) is not None:
-        a, b = pair
-        problems.append(f"ranges {a.base}-{a.end} and {b.base}-{b.end} overlap; both are kept")
-    return Loaded(state, problems, lossy)
-
-
-def _split_layout(data: bytes) -> tuple[dict[str, Any], list[bytes]] | None:
-    """The head (``next`` and any other top-level fields) and the range lines of our layout:
-    ``{"next": N, "keys": {`` / one ``"base": {...}`` per line, comma-terminated but the last /
-    ``}}``. None for any other layout."""
-    head_end = data.find(b"\n")
-    if head_end < 0 or not data.endswith(b"\n}}\n") or not data[:head_end].endswith(b'"keys": {'):
-        return None
-    try:
-        head = json.loads(data[:head_end] + b"}}")
-    except (ValueError, RecursionError):
-        return None
-    next_port = head.get("next")
-    if head.pop("keys", None) != {} or not _is_int(next_port) or not 0 <= next_port <= 65535:
-        return None
-    if len(head) > 1 and not _is_json(head):
-        return None  # NaN or Infinity among the other fields: the full parser drops them
-    inner = data[head_end + 1 : -4]
-    if not inner:
-        return head, []
-    # A raw newline cannot occur inside a JSON string: every one here ends a line.
-    raws = inner.split(b",\n")
-    return (head, raws) if inner.count(b"\n") == len(raws) - 1 else None
-
-
-def parse_line(raw: bytes) -> Entry | None:
-    """One line of our layout, ``"base": {...}``, as a valid range; None for anything else."""
-    try:
-        member = json.loads(b"{" + raw + b"}")
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(member, dict) or len(member) != 1:
-        return None
-    problems: list[str] = []
-    ((key, value),) = member.items()
-    entry = _entry(key, value, problems)
-    return None if problems else entry
 
 
 _warned: set[str] = set()

@@ -14,7 +14,8 @@ from pathlib import Path
 from . import _clock, _owner
 from ._config import DEFAULT_TTL
 from ._lock import shared_lock
-from ._state import STATE_NAME, Entry, Loaded, State, outside_package, parse_tolerant
+from ._parse import Loaded, parse_tolerant
+from ._state import STATE_NAME, Entry, State, outside_package
 from ._store import Store
 from .errors import PortleaseWarning
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ._config import PortRange, Resolved
+from ._scan import cursor_of
 from ._state import STATE_NAME
 from ._status import LeaseInfo, lease_infos, read_state
 from .errors import PortleaseError
@@ -81,7 +82,8 @@ def read_snapshot(directory: Resolved[Path], port_range: Resolved[PortRange]) ->
     if loaded is None:
         return Snapshot(directory, port_range, True, None, None, [], [], now)
     leases = lease_infos(loaded.state, now)
-    return Snapshot(directory, port_range, True, loaded.size, loaded.state.next, leases, loaded.problems, now)
+    cursor = cursor_of(loaded.state, port_range.value)  # the range's own, or fedimint's `next`
+    return Snapshot(directory, port_range, True, loaded.size, cursor, leases, loaded.problems, now)
 
 
 # -- pieces ------------------------------------------------------------------------------------

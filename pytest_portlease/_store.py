@@ -20,13 +20,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ._state import STATE_NAME, Entry, State, _split_layout, _warn_once, parse_line, parse_tolerant
+from ._backups import BACKUP_PREFIX as BACKUP_PREFIX  # re-exported: other modules and tests name it here
+from ._backups import KEEP_BACKUPS as KEEP_BACKUPS
+from ._backups import keep_backup
+from ._files import MAX_STATE_BYTES, advice, open_regular, read_all
+from ._parse import parse_line, parse_tolerant, split_layout
+from ._state import STATE_NAME, Entry, State, _warn_once
 from .errors import PortleaseError
 
 LOCK_NAME = "lock"
 TEMP_PREFIX = f"{STATE_NAME}.tmp-"
-BACKUP_PREFIX = f"{STATE_NAME}.corrupt-"
-KEEP_BACKUPS = 5
+#: A state at least this big is read and parsed before the lock is taken, and the parse reused
+#: when the bytes under the lock are the same: the lock is then held for one lease's work, not
+#: for a parse of megabytes that every waiter would repeat in turn.
+PREREAD_BYTES = 256 << 10
 _LINE_CACHE_MAX = 50_000
 SWEEP_INTERVAL = 10.0
 
@@ -86,7 +93,7 @@ class Store:
         except FileExistsError as e:
             raise self._fail("is not a directory", "point it at a directory", e) from None
         except OSError as e:
-            raise self._fail("cannot be created", "choose a writable location", e) from None
+            raise self._fail("cannot be created", advice(e, "choose a writable location"), e) from None
         try:
             mode = self.directory.stat().st_mode
         except OSError as e:
@@ -121,7 +128,8 @@ class Store:
             os.fchmod(fd, self.file_mode)  # the umask must not take the group's bits away
             return fd
         except OSError as e:
-            raise self._fail("cannot open its lock file", "make the directory writable", e) from None
+            fix = advice(e, "make the directory writable", what=self.lock_path)
+            raise self._fail("cannot open its lock file", fix, e) from None
 
     def _remove_stale_temps(self) -> None:
         # A live writer keeps the file its last exchange took out under its temp name, to
@@ -156,11 +164,18 @@ class Store:
     def read_bytes(self) -> bytes:
         """The state file's bytes; b"" when it is missing. A symlink is not followed."""
         fd = self._open_state()
-        return b"" if fd is None else _read_all(fd)
+        return b"" if fd is None else self._read_bounded(fd)
+
+    def _read_bounded(self, fd: int) -> bytes:
+        """Read and close ``fd``; a file too big to be a state is refused, never read whole."""
+        data = read_all(fd, MAX_STATE_BYTES)
+        if data is None:
+            raise self.too_big()
+        return data
 
     def _open_state(self) -> int | None:
         try:
-            return _open_regular(self._state_b)
+            return open_regular(self._state_b)
         except FileNotFoundError:
             return None
         except OSError as e:
@@ -169,7 +184,7 @@ class Store:
                 return None
             if e.errno == errno.EISDIR:  # what _open_regular says of any other kind of file
                 raise self._fail(f"holds a {STATE_NAME} that is not a file", "remove it") from None
-            raise self._fail("has an unreadable state file", "check its permissions", e) from None
+            raise self._fail("has an unreadable state file", advice(e, "check its permissions"), e) from None
 
     def read_unlocked(self) -> bytes:
         """The state file's bytes for a reader that may not hold the lock (``status``).
@@ -189,25 +204,61 @@ class Store:
                 os.close(fd)
                 continue
             if (opened.st_ino, opened.st_dev) == (named.st_ino, named.st_dev):
-                return _read_all(fd)  # closing the descriptor drops the flock
+                return self._read_bounded(fd)  # closing the descriptor drops the flock
             os.close(fd)
         raise self._fail(
             f"has a {STATE_NAME} that changed under each of {_READ_ATTEMPTS} reads", "try again"
         )
 
+    def too_big(self) -> PortleaseError:
+        try:
+            size = f"{os.lstat(self.state_path).st_size:,} bytes"
+        except OSError:
+            size = "too big"
+        return PortleaseError(
+            f"state file {self.state_path} (lease directory from {self.source}) is {size}, more than "
+            f"the {MAX_STATE_BYTES:,} bytes that 65,535 ranges need at most, so neither portlease "
+            f"nor fedimint-portalloc wrote it; it is not read: move it aside "
+            f"(mv {self.state_path} {self.state_path}.big) and the next lease starts a new state"
+        )
+
+    def preread(self) -> None:
+        """Outside the lock: read and parse a big state so that ``load`` under the lock can reuse
+        the parse when the bytes are still the same. Anything unusual is left to ``load``."""
+        try:
+            st = os.stat(self._state_b, follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode) or not PREREAD_BYTES <= st.st_size <= MAX_STATE_BYTES:
+                return
+            data = self.read_bytes()
+        except (OSError, PortleaseError):
+            return
+        if self._state is not None and data == self._bytes:
+            return
+        state = self._parse_lines(data)
+        if state is None:
+            loaded = parse_tolerant(data)
+            if loaded.problems:  # the backup and the warnings belong under the lock
+                self.invalidate()
+                return
+            state, self._lines_of_state = loaded.state, None
+        state.lines()  # each range's line is cached now: the save under the lock reuses them
+        self._bytes, self._state = data, state
+
     def load(self, *, repair: bool = True) -> State:
         """The current state. ``repair``: back up and warn about what had to be dropped."""
         data = self.read_bytes()
         if self._state is not None and data == self._bytes:
-            return self._state  # nobody wrote since we last read or wrote: skip the parse
+            return self._state  # nobody wrote since we last read (or preread) or wrote
         state = self._parse_lines(data)
         if state is None:
             self._lines_of_state = None
             loaded = parse_tolerant(data)
             state = loaded.state
             if loaded.problems:
-                backup = self._backup(data) if repair and loaded.lossy else None
-                kept = f"; the original is kept as {backup}" if backup else ""
+                kept = ""
+                if repair and loaded.lossy:
+                    backup = keep_backup(self, data)
+                    kept = f"; the original is kept as {backup}" if backup else ""
                 for problem in loaded.problems:
                     _warn_once(f"{self.state_path}: {problem}", kept)
         self._bytes, self._state = data, state
@@ -220,8 +271,9 @@ class Store:
         to it: another writer usually changed one or two ranges, and rebuilding a state of
         thousands would cost more than the rest of the lease.
         """
-        layout = _split_layout(data)
+        layout = split_layout(data)
         if layout is None:
+            self.invalidate_lines()
             return None
         head, raws = layout
         if len(self._lines) > _LINE_CACHE_MAX:
@@ -234,10 +286,14 @@ class Store:
         if state is None:
             return None
         self._lines_of_state = lines
-        state.next = head.pop("next")
-        state.extra = head
+        state.next, state.cursors, state.extra = head.next, head.cursors, head.extra
         state.dirty = False
         return state
+
+    def invalidate_lines(self) -> None:
+        # The cached state may have been patched half-way: it no longer matches any bytes.
+        if self._lines_of_state is not None:
+            self.invalidate()
 
     def _entry_of(self, raw: bytes) -> Entry | None:
         entry = self._lines.get(raw)
@@ -296,10 +352,10 @@ class Store:
     def read_file(self, name: str) -> bytes:
         """Another small file of ours; b"" when missing, unreadable or a symlink."""
         try:
-            fd = _open_regular(self.directory / name)
+            fd = open_regular(self.directory / name)
         except OSError:
             return b""
-        return _read_all(fd)
+        return read_all(fd, MAX_STATE_BYTES) or b""  # too big: no preference, never fatal
 
     @property
     def loaded_bytes(self) -> bytes | None:
@@ -402,36 +458,6 @@ class Store:
             os.unlink(path)
             return os.open(path, flags, 0o600)
 
-    def _backup(self, data: bytes) -> Path | None:
-        """Keep the original bytes before we overwrite what we could not read (newest few)."""
-        stamp = int(time.time())
-        for n in range(100):
-            path = self.directory / f"{BACKUP_PREFIX}{stamp}" if n == 0 else \
-                self.directory / f"{BACKUP_PREFIX}{stamp}.{n}"
-            try:
-                fd = self._create(path, replace=False)
-            except FileExistsError:
-                continue
-            except OSError:
-                return None
-            try:
-                self._fill(fd, data)
-            finally:
-                os.close(fd)
-            self._prune_backups()
-            return path
-        return None
-
-    def _prune_backups(self) -> None:
-        backups = sorted(
-            (p for p in self.directory.glob(f"{BACKUP_PREFIX}*") if not p.is_symlink()),
-            key=lambda p: p.stat().st_mtime_ns,
-        )
-        for old in backups[:-KEEP_BACKUPS]:
-            with contextlib.suppress(OSError):
-                old.unlink()
-
-
 _READ_ATTEMPTS = 1000
 
 
@@ -446,30 +472,6 @@ def _alive(pid_text: str) -> bool:
     except OSError:
         return True  # EPERM: alive, another user's
     return True
-
-
-def _open_regular(path: Path | bytes) -> int:
-    """Open a regular file for reading, never through a symlink; EISDIR for any other kind.
-
-    O_NONBLOCK: opening a FIFO planted at one of our names would otherwise wait forever for a
-    writer; on a regular file it changes nothing.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    if stat.S_ISREG(os.fstat(fd).st_mode):
-        return fd
-    os.close(fd)
-    raise IsADirectoryError(errno.EISDIR, "not a regular file", os.fspath(path))
-
-
-def _read_all(fd: int) -> bytes:
-    """Read and close ``fd``."""
-    try:
-        chunks = []
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
 
 
 _RENAME_EXCHANGE = 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import threading
 import time
@@ -43,6 +44,7 @@ PATCH_PORT_FOR_HELP = (
     "env PORTLEASE_PATCH_PORT_FOR; default false"
 )
 _FIGURES = ("blocks", "ports", "seconds", "lock_wait")
+_WARNINGS_SHOWN = 20  # distinct warnings in the summary; the rest are counted
 _session_key = pytest.StashKey["PortleaseSession"]()
 
 
@@ -96,7 +98,9 @@ class PortleaseSession:
         self.current_test = ""
         self.figures: dict[str, float] = dict.fromkeys(_FIGURES, 0)
         self.workers = 0
-        self.warnings: list[str] = []
+        # Warning text -> how many times (workers, leases) it was recorded: a dict, so that
+        # thousands of them are deduplicated in linear time and shown once with a count.
+        self.warnings: dict[str, int] = {}
         self._leaser: PortLeaser | None = None
         self._named: dict[str, PortBlock] = {}
         self._create = threading.Lock()
@@ -127,9 +131,10 @@ class PortleaseSession:
 
     def keep_warnings(self, caught: list[warnings.WarningMessage]) -> None:
         for w in caught:
-            text = f"{w.category.__name__}: {w.message}"
-            if text not in self.warnings:
-                self.warnings.append(text)
+            self._warning(f"{w.category.__name__}: {w.message}")
+
+    def _warning(self, text: str, count: int = 1) -> None:
+        self.warnings[text] = self.warnings.get(text, 0) + count
 
     def lease(self, size: int = 1, *, name: str | None = None, label: str = "") -> PortBlock:
         """Lease a block for the rest of the session; a named block is leased once per session
@@ -193,7 +198,7 @@ class PortleaseSession:
             try:
                 leaser.close()
             except Exception as e:
-                self.warnings.append(
+                self._warning(
                     f"{type(e).__name__}: could not release this session's leases ({e}); "
                     f"they expire after {self.ttl.value:g}s"
                 )
@@ -207,9 +212,11 @@ class PortleaseSession:
         self.workers += 1
         for name in _FIGURES:
             self.figures[name] += float(output.get("figures", {}).get(name, 0))
-        for text in output.get("warnings", []):
-            if text not in self.warnings:
-                self.warnings.append(str(text))
+        received = output.get("warnings", {})
+        if isinstance(received, list):  # a worker of an older version
+            received = dict.fromkeys(received, 1)
+        for text, count in received.items():
+            self._warning(str(text), count if isinstance(count, int) else 1)
 
     def summary(self) -> list[str]:
         blocks, ports = int(self.figures["blocks"]), int(self.figures["ports"])
@@ -221,9 +228,13 @@ class PortleaseSession:
                 f"in {self.figures['seconds']:.3f}s; {self.figures['lock_wait']:.3f}s "
                 f"waiting for the lock"
             )
-        lines.extend(
-            f"portlease: {text} (recorded while leasing, not raised)" for text in self.warnings
-        )
+        shown = list(self.warnings.items())
+        for text, count in shown[:_WARNINGS_SHOWN]:
+            times = f", {count} times" if count > 1 else ""
+            lines.append(f"portlease: {text} (recorded while leasing{times}, not raised)")
+        if len(shown) > _WARNINGS_SHOWN:
+            rest = sum(count for _, count in shown[_WARNINGS_SHOWN:])
+            lines.append(f"portlease: {len(shown) - _WARNINGS_SHOWN} other warnings ({rest} in all) not shown")
         return lines
 
 
@@ -262,9 +273,11 @@ def _absolute(config: pytest.Config, setting: Resolved[Path]) -> Resolved[Path]:
 
 
 def _read_names(data: bytes) -> dict[str, dict[str, Any]]:
+    # Missing, torn or hand-mangled: no preference, never an error. ValueError covers a number
+    # of over 4,300 digits; RecursionError, thousands of nested brackets.
     try:
         blocks = json.loads(data)["blocks"]
-    except (ValueError, TypeError, KeyError):  # missing, torn or hand-mangled: no preference
+    except (ValueError, TypeError, KeyError, RecursionError):
         return {}
     if not isinstance(blocks, dict):
         return {}
@@ -273,7 +286,11 @@ def _read_names(data: bytes) -> dict[str, dict[str, Any]]:
 
 def _used(entry: dict[str, Any]) -> float:
     used = entry.get("used")
-    return float(used) if isinstance(used, int | float) else 0.0
+    if isinstance(used, bool) or not isinstance(used, int | float):
+        return 0.0
+    if isinstance(used, int):
+        used = min(used, 10**300)  # float() of an int past 1e308 raises OverflowError
+    return float(used) if math.isfinite(used) else 0.0  # NaN would not sort
 
 
 def _plural(n: int, word: str) -> str:

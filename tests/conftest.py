@@ -87,3 +87,20 @@ def portlease_args(
                 "PYTEST_ADDOPTS"):
         monkeypatch.delenv(var, raising=False)
     return [f"--portlease-dir={lease_dir}", f"--portlease-range={port_range}", *NESTED_FAST]
+
+
+class _LowStart:
+    """Stands in for ``_scan._random``: every fresh range starts at its low end."""
+
+    @staticmethod
+    def randrange(low: int, stop: int) -> int:
+        return low
+
+
+@pytest.fixture
+def low_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests that expect exact bases from a fresh state: the random start (DESIGN.md, so that
+    separate registries do not hand out ports in one order) becomes the range's low end."""
+    from pytest_portlease import _scan
+
+    monkeypatch.setattr(_scan, "_random", _LowStart())

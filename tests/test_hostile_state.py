@@ -63,16 +63,28 @@ def _owner_ok(owner: object) -> bool:
     return ints and strs
 
 
+U64_MAX = 2**64 - 1
+
+
+def _port(key: object) -> int | None:
+    """A key as fedimint-portalloc reads a u16: ASCII digits, leading zeros allowed."""
+    if not (isinstance(key, str) and re.fullmatch(r"[0-9]+", key)):
+        return None
+    digits = key.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 5 and int(digits) <= 65535 else None
+
+
 def _range_ok(key: object, value: object) -> bool:
-    """A range entry as fedimint-portalloc and DESIGN.md define it (expiry aside)."""
-    if not (isinstance(key, str) and re.fullmatch(r"[0-9]+", key) and 1 <= int(key) <= 65535):
-        return False
-    if not isinstance(value, dict):
+    """A range entry as DESIGN.md reads it (expiry aside): fedimint's schema (u16 key and size,
+    port 0 and size 0 included), with ``expires`` any finite JSON number."""
+    if _port(key) is None or not isinstance(value, dict):
         return False
     size, expires = value.get("size"), value.get("expires")
-    if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= 65536 - int(key):
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= 65535:
         return False
-    return isinstance(expires, int | float) and not isinstance(expires, bool) and math.isfinite(expires)
+    if isinstance(expires, bool) or not isinstance(expires, int | float):
+        return False
+    return isinstance(expires, int) or math.isfinite(expires)
 
 
 def _load(data: bytes) -> Any:
@@ -98,7 +110,9 @@ def live_ranges(data: bytes) -> list[tuple[int, int]]:
             process = None if parsed is None else parsed.process
             if process is not None and _owner.process_state(process) == "dead owner":
                 continue  # a dead owner's range is reclaimed: reusing it is right
-        out.append((int(key), int(key) + value["size"] - 1))
+        base = _port(key)
+        assert base is not None
+        out.append((base, base + max(value["size"], 1) - 1))  # size 0 holds its base
     return out
 
 
@@ -117,6 +131,8 @@ def lossy(data: bytes) -> bool:
     for key, value in keys.items():
         if not _range_ok(key, value):
             return True
+        if key != str(_port(key)) or value["expires"] > U64_MAX:
+            return True  # rewritten as fedimint writes a port, or as the largest u64
         if "owner" in value and not _owner_ok(value["owner"]):
             return True
         if not _is_strict({k: v for k, v in value.items() if k not in ("size", "expires", "owner")}):

@@ -33,6 +33,9 @@ from pytest_portlease import (
 from pytest_portlease._config import PortRange
 from pytest_portlease._state import STATE_NAME
 
+# Exact bases from a fresh state: see conftest.low_start.
+pytestmark = pytest.mark.usefixtures("low_start")
+
 
 @pytest.fixture
 def port_range() -> PortRange:
@@ -238,7 +241,7 @@ def test_a_fully_bound_range_is_exhausted_after_one_bounded_cycle(
         ({"size": 1, "port_range": "30-20"}, "invalid port_range '30-20'"),
         ({"size": 1, "port": 0}, "invalid port 0 .* 1 to 65535"),
         ({"size": 1, "port": 70000}, "invalid port 70000"),
-        ({"size": 3, "port": 65534}, "run past 65535"),
+        ({"size": 3, "port": 65533}, "65533-65535 includes port 65535, which no block may use"),
         ({"size": 1, "ttl": 0}, "invalid ttl 0"),
         ({"size": 1, "ttl": -1}, "invalid ttl -1"),
         ({"size": 1, "label": 5}, "invalid label 5"),
@@ -507,12 +510,29 @@ def test_a_shorter_per_lease_ttl_wakes_the_heartbeat(lease_dir: Path, port_range
             other.lease(1, port=block.base)
 
 
-def test_the_cursor_stays_a_u16_for_fedimint(lease_dir: Path) -> None:
+def test_a_range_ending_at_65535_never_grants_it(lease_dir: Path) -> None:
+    # fedimint-portalloc computes base + size in u16: a block holding 65535 makes it panic.
     with PortLeaser(lease_dir, port_range="65530-65535") as leaser:
-        leaser.lease(6)
-        assert json.loads((lease_dir / STATE_NAME).read_text())["next"] == 65530
-        leaser.release_all()
-        assert leaser.lease(2).base == 65530
+        for _ in range(3):
+            blocks = [leaser.lease(1) for _ in range(5)]
+            assert sorted(b.base for b in blocks) == list(range(65530, 65535))
+            with pytest.raises(PortRangeExhausted):
+                leaser.lease(1)
+            leaser.release_all()
+        assert leaser.lease(5).base == 65530
+        with pytest.raises(InvalidArgument, match=r"holds only 5 ports .*\(never 65535"):
+            leaser.lease(6)
+        keys = json.loads((lease_dir / STATE_NAME).read_text())["keys"]
+        assert all(int(k) + v["size"] <= 65535 for k, v in keys.items())
+
+
+def test_an_exact_request_for_65535_is_an_invalid_argument(lease_dir: Path) -> None:
+    with PortLeaser(lease_dir) as leaser:
+        with pytest.raises(InvalidArgument, match=r"invalid port 65535 .* fedimint-portalloc computes base"):
+            leaser.lease(1, port=65535)
+        with pytest.raises(InvalidArgument, match="65534-65535 includes port 65535"):
+            leaser.lease(2, port=65534)
+    assert not lease_dir.exists()  # refused before touching anything
 
 
 def test_a_failed_save_leaves_no_lease_behind(
