@@ -25,6 +25,7 @@ from ._config import (
     parse_port_range,
     parse_ttl,
     resolve_directory,
+    resolve_lock_timeout,
     resolve_range,
     resolve_ttl,
 )
@@ -118,9 +119,10 @@ class PortLeaser:
         port_range: str | tuple[int, int] | Resolved[PortRange] | None = None,
         ttl: float | Resolved[float] | None = None,
         label: str | None = None,
-        lock_timeout: float = 30,
+        lock_timeout: float | Resolved[float] | None = None,
         heartbeat: bool = False,
         owner_pid: int | None = THIS_PROCESS,
+        run_id: str = "",
     ) -> None:
         self.directory_setting: Resolved[Path] = (
             directory if isinstance(directory, Resolved) else resolve_directory(directory)
@@ -129,13 +131,18 @@ class PortLeaser:
             port_range if isinstance(port_range, Resolved) else resolve_range(port_range)
         )
         self.ttl_setting: Resolved[float] = ttl if isinstance(ttl, Resolved) else resolve_ttl(ttl)
-        self.lock_timeout = parse_ttl(lock_timeout, "lock_timeout", "argument")
+        self.lock_timeout_setting: Resolved[float] = (
+            lock_timeout if isinstance(lock_timeout, Resolved) else resolve_lock_timeout(lock_timeout)
+        )
         if label is not None and not isinstance(label, str):
             raise InvalidArgument(f"invalid label {label!r} from argument: expected a string")
         self.label = _default_label() if label is None else label
         if owner_pid is not None and (isinstance(owner_pid, bool) or not isinstance(owner_pid, int) or owner_pid < 0):
             raise InvalidArgument(f"invalid owner_pid {owner_pid!r} from argument: expected a process id")
         self.owner_pid = owner_pid
+        if not isinstance(run_id, str):
+            raise InvalidArgument(f"invalid run_id {run_id!r} from argument: expected a string")
+        self.run_id = run_id
         self.store = Store(self.directory, self.directory_setting.source)
         self.stats = LeaseStats()
         self._held: dict[int, tuple[PortBlock, float]] = {}  # base -> (block, ttl)
@@ -143,6 +150,7 @@ class PortLeaser:
         self._lock_fd: int | None = None
         self._lock_closer: weakref.finalize[[int, int], PortLeaser] | None = None
         self._lock_pid = 0
+        self._last_lock_wait = 0.0
         self._closed = False
         self._stop = threading.Event()
         self._kick = threading.Event()  # wakes the heartbeat to recompute its interval
@@ -161,6 +169,10 @@ class PortLeaser:
     @property
     def ttl(self) -> float:
         return self.ttl_setting.value
+
+    @property
+    def lock_timeout(self) -> float:
+        return self.lock_timeout_setting.value
 
     @property
     def held(self) -> list[PortBlock]:
@@ -183,7 +195,9 @@ class PortLeaser:
             self.store.prepare()
             waited = time.perf_counter()
             self._acquire()
-            self.stats.lock_wait += time.perf_counter() - waited
+            # Read by lease() under the same mutex: the summary counts the lock waits of the
+            # leases it times, not those of releases and renewals.
+            self._last_lock_wait = time.perf_counter() - waited
             log.debug("locked %s after %.6fs", self.store.lock_path, time.perf_counter() - waited)
             try:
                 inject("locked")
@@ -254,11 +268,12 @@ class PortLeaser:
                 base = self._exact(state, port, size)
             owner = self._owner(full_label)
             state.add(Entry(base, size, math.ceil(now + lease_ttl), owner))
+            lock_wait = self._last_lock_wait
         # Held only once the state is saved: a failed save must not leave a lease to renew.
         block = PortBlock(base, size, full_label)
         with self._mutex:
             self._held[base] = (block, lease_ttl)
-            self.stats.add(block, time.perf_counter() - started)
+            self.stats.add(block, time.perf_counter() - started, lock_wait)
         if lease_ttl < self.ttl:
             self._kick.set()  # the heartbeat may be waiting longer than this lease lives
         log.debug("leased %s for %gs as %r", block, lease_ttl, full_label)
@@ -266,7 +281,7 @@ class PortLeaser:
 
     def _owner(self, label: str) -> _owner.Owner:
         pid = os.getpid() if self.owner_pid == THIS_PROCESS else self.owner_pid
-        return _owner.owner_for(pid, label)
+        return _owner.owner_for(pid, label, self.run_id)
 
     def _next_fit(self, state: State, rng: PortRange, size: int) -> int:
         # Next-fit from the cursor, wrapping once; every jump moves strictly forward, so one
@@ -476,17 +491,19 @@ class PortLeaser:
 
 @dataclass
 class LeaseStats:
-    """What a leaser did: blocks and ports leased, seconds spent leasing and waiting for the lock."""
+    """What a leaser's ``lease()`` calls did: blocks and ports leased, seconds spent in them, and
+    the part of those seconds spent waiting for the lock."""
 
     blocks: int = 0
     ports: int = 0
     seconds: float = 0.0
     lock_wait: float = 0.0
 
-    def add(self, block: PortBlock, seconds: float) -> None:
+    def add(self, block: PortBlock, seconds: float, lock_wait: float = 0.0) -> None:
         self.blocks += 1
         self.ports += block.size
         self.seconds += seconds
+        self.lock_wait += lock_wait
 
 
 @contextlib.contextmanager
@@ -498,7 +515,7 @@ def lease_ports(
     port_range: str | tuple[int, int] | None = None,
     ttl: float | None = None,
     label: str | None = None,
-    lock_timeout: float = 30,
+    lock_timeout: float | None = None,
 ) -> Iterator[PortBlock]:
     """Lease a block for the ``with`` body, renewed while it runs, released on exit."""
     with PortLeaser(

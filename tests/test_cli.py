@@ -206,7 +206,7 @@ def test_status_json_document(
     assert doc["state_file_bytes"] == len(before[STATE_NAME][0])
     assert doc["range"] == {"low": port_range.low, "high": port_range.high, "source": "--range"}
     assert doc["cursor"] == bases["live"] + 34
-    assert doc["by_state"] == {"live": 1, "foreign": 1, "expired": 1, "dead owner": 1}
+    assert doc["by_state"] == {"live": 1, "ttl-only": 0, "foreign": 1, "expired": 1, "dead owner": 1}
     assert doc["ports"] == {"in_range": port_range.high - port_range.low + 1, "leased_in_range": 6}
     assert len(doc["map"]["text"]) == 64
     assert doc["problems"] == []
@@ -253,8 +253,16 @@ def test_lease_prints_the_base_port_and_outlives_the_command(
     assert port_range.low <= base <= port_range.high - 2
     (info,) = PortLeaser(lease_dir).status()
     assert (info.base, info.size, info.label, info.pid) == (base, 3, "pg", None)
-    assert info.state == "foreign"  # owned by no process: only its TTL ends it
+    # Of this host, owned by no process: only its TTL ends it. Not "foreign", which is for
+    # leases we cannot check (fedimint-portalloc's, another host's).
+    assert info.state == "ttl-only"
     assert 595 < info.expires - time.time() <= 601
+    table = portlease("status")
+    (row,) = [line.split() for line in table.out.splitlines() if line.startswith(str(base))]
+    assert row[4:6] == [hostname(), "ttl-only"]  # the host alone, not "@host"
+    doc = json.loads(portlease("--json", "status").out)
+    assert doc["leases"][0]["state"] == "ttl-only" and doc["by_state"]["ttl-only"] == 1
+    assert doc["leases"][0]["owner"]["pid"] is None
 
 
 def test_lease_in_process_leaks_no_descriptor(lease_dir: Path, port_range: PortRange) -> None:
