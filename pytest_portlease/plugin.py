@@ -141,9 +141,9 @@ class PortleaseSession:
     def _leasing(self) -> Iterator[PortLeaser]:
         if (first := self.lock_timed_out) is not None:
             self.figures["failed_at_once"] += 1
-            # A new instance with the same arguments, hence the same message: re-raising the
-            # first one would chain this test's traceback onto the earlier test's.
-            raise type(first)(*first.args)
+            # The same error, with this test's traceback instead of the earlier test's. (A copy
+            # by args would lose the holder: OSError, a base of TimeoutError, keeps two args.)
+            raise first.with_traceback(None)
         try:
             with self.leaser.recording_warnings(self.keep_warnings) as leaser:
                 yield leaser

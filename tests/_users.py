@@ -21,7 +21,7 @@ NOBODY = 65534
 ROOT = os.geteuid() == 0
 #: What the CLI imports, and what pytest with our plugin imports on top.
 CLI_PACKAGES = ("pytest_portlease", "filelock", "platformdirs")
-PYTEST_PACKAGES = (*CLI_PACKAGES, "pytest", "_pytest", "pluggy", "iniconfig", "packaging")
+PYTEST_PACKAGES = (*CLI_PACKAGES, "pytest", "_pytest", "pluggy", "iniconfig", "packaging", "py")
 
 
 @functools.cache
@@ -34,6 +34,9 @@ def readable_copy(packages: tuple[str, ...]) -> Path:
     for name in packages:
         spec = importlib.util.find_spec(name)
         assert spec is not None and spec.origin is not None, name
+        if spec.submodule_search_locations is None:  # a module, such as py.py
+            shutil.copy(spec.origin, root)
+            continue
         source = Path(spec.origin).parent
         shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     for path in (root, *root.rglob("*")):

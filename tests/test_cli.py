@@ -545,3 +545,27 @@ def test_admin_commands_need_no_range_or_ttl(
     assert main(["--dir", os.fspath(lease_dir), "reclaim"]) == 0
     assert main(["--dir", os.fspath(lease_dir), "release", str(bases["live"])]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_lease_help_does_not_promise_renewal() -> None:
+    done = subprocess.run([os.fspath(SCRIPT), "lease", "--help"], capture_output=True, text=True, check=True)
+    text = " ".join(done.stdout.split())
+    assert "renewed every" not in text
+    assert "never renewed unless you run `portlease renew`" in text
+
+
+def test_lock_timeout_option_and_env(
+    portlease: Portlease, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result = portlease("--lock-timeout", "soon", "lease")
+    assert result.code == 2
+    assert "invalid lock timeout 'soon' from --lock-timeout: expected a number of seconds" in result.err
+    monkeypatch.setenv("PORTLEASE_LOCK_TIMEOUT", "-3")
+    result = portlease("lease")
+    assert result.code == 2 and "invalid lock timeout '-3' from PORTLEASE_LOCK_TIMEOUT" in result.err
+
+
+def test_an_explicit_empty_dir_is_bad_usage(portlease: Portlease) -> None:
+    result = run_script("--dir", "", "status")
+    assert result.code == 2
+    assert "invalid lease directory '' from --dir: expected a directory path" in result.err

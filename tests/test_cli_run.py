@@ -236,3 +236,38 @@ def test_example_http_server(
     assert run.returncode == 128 + signal.SIGTERM  # the server died of the forwarded SIGTERM
     assert f"on http://127.0.0.1:{lease.base}/" in err
     assert status(lease_dir) == []
+
+
+def test_placeholders_name_the_ports_without_a_shell(
+    common: list[str], lease_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "argv.json"
+    code = main([*common, "run", "-n", "3", "--", sys.executable, "-c",
+                 "import json, os, sys; json.dump([sys.argv[1:], os.environ['PORTLEASE_DIR']], "
+                 f"open({str(out)!r}, 'w'))",
+                 "{port}", "--peer={port2}", "{ports}", "{{port}}", "{portx}", "{}", "{port0}{port1}"])
+    assert code == 0
+    argv, env_dir = json.loads(out.read_text())
+    base = int(argv[0])
+    assert argv[1:] == [f"--peer={base + 2}", f"{base},{base + 1},{base + 2}", "{port}", "{portx}",
+                        "{}", f"{base}{base + 1}"]
+    assert env_dir == os.fspath(lease_dir)  # run --dir X passes PORTLEASE_DIR=X
+    assert status(lease_dir) == []
+
+
+def test_a_placeholder_past_the_block_is_bad_usage(
+    common: list[str], lease_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*common, "run", "-n", "2", "--", "echo", "{port2}"]) == 2
+    assert capsys.readouterr().err == (
+        "portlease: error: invalid placeholder {port2} in CMD's arguments: -n 2 leases {port0} to "
+        "{port1}; lease more ports with -n, or write {{port2}} for the literal text\n"
+    )
+    assert status(lease_dir) == []
+
+
+def test_run_help_shows_placeholders_first() -> None:
+    done = subprocess.run([os.fspath(SCRIPT), "run", "--help"], capture_output=True, text=True, check=True)
+    text = " ".join(done.stdout.split())
+    assert text.index("{port}") < text.index("sh -c 'exec python -m http.server $PORTLEASE_PORT'")
+    assert "portlease run -n 2 -- python -m http.server {port}" in text
