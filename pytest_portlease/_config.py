@@ -24,6 +24,27 @@ MAX_TTL = 10 * 365 * 24 * 3600.0
 DEFAULT_LOCK_TIMEOUT = 30.0
 MAX_LOCK_TIMEOUT = 24 * 3600.0
 
+#: Ports of services that developers commonly run on their own machines, inside the default
+#: range. Leases from the default range skip them, so that a test suite neither takes a port from
+#: a local service (and fails it) nor fails to start because one runs; port-for skips registered
+#: ports for the same reason. An explicit range, and an exact port, are taken as given.
+WELL_KNOWN_PORTS: dict[int, str] = {
+    10250: "Kubernetes kubelet",
+    11211: "memcached",
+    11434: "Ollama",
+    15672: "RabbitMQ management",
+    16379: "Redis Cluster bus",
+    19999: "Netdata",
+    24224: "Fluentd forward",
+    25672: "RabbitMQ distribution",
+    26257: "CockroachDB",
+    26379: "Redis Sentinel",
+    27017: "MongoDB",
+    27018: "MongoDB shard",
+    27019: "MongoDB config server",
+    28015: "RethinkDB",
+}
+
 DIR_HELP = (
     "directory of the shared lease state (lock + fm-portalloc.json); "
     "env PORTLEASE_DIR, then FM_PORTALLOC_DATA_DIR; default <user cache dir>/fm-portalloc"

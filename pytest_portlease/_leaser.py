@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import logging
 import math
@@ -19,6 +20,7 @@ from typing import Final
 
 from . import _lock, _owner, _probe, _state
 from ._config import (
+    WELL_KNOWN_PORTS,
     PortRange,
     Resolved,
     check_port,
@@ -89,6 +91,14 @@ def _holder(entry: Entry) -> str:
         return f"lease {entry.base}-{entry.end} with no recorded owner (fedimint-portalloc?)"
     pid = "no pid" if owner.pid is None else f"pid {owner.pid}"
     return f"lease {entry.base}-{entry.end} of {owner.label or 'an unlabelled holder'!r} ({pid}@{owner.host})"
+
+
+_WELL_KNOWN = tuple(sorted(WELL_KNOWN_PORTS))
+
+
+def _first_in(sorted_ports: tuple[int, ...], low: int, high: int) -> int | None:
+    i = bisect.bisect_left(sorted_ports, low)
+    return sorted_ports[i] if i < len(sorted_ports) and sorted_ports[i] <= high else None
 
 
 def _default_label() -> str:
@@ -261,7 +271,7 @@ class PortLeaser:
             now = time.time()
             reclaim(state, now)
             if port is None:
-                base = self._next_fit(state, rng, size)
+                base = self._next_fit(state, rng, size, self._avoided(port_range))
                 # Past the block, or back to the start: fedimint-portalloc reads `next` as a u16.
                 state.next = base + size if base + size <= rng.high else rng.low
             else:
@@ -283,7 +293,14 @@ class PortLeaser:
         pid = os.getpid() if self.owner_pid == THIS_PROCESS else self.owner_pid
         return _owner.owner_for(pid, label, self.run_id)
 
-    def _next_fit(self, state: State, rng: PortRange, size: int) -> int:
+    def _avoided(self, port_range: object) -> tuple[int, ...]:
+        """The well-known service ports a scan skips: only in the default range (see
+        WELL_KNOWN_PORTS); a range someone chose is taken as given."""
+        if port_range is None and self.range_setting.source == "default":
+            return _WELL_KNOWN
+        return ()
+
+    def _next_fit(self, state: State, rng: PortRange, size: int, avoided: tuple[int, ...] = ()) -> int:
         # Next-fit from the cursor, wrapping once; every jump moves strictly forward, so one
         # full cycle probes each port at most once and the scan always ends.
         start = state.next if rng.low <= state.next <= rng.high - size + 1 else rng.low
@@ -297,6 +314,10 @@ class PortLeaser:
                 break
             if (entry := state.conflict(base, base + size - 1)) is not None:
                 base = entry.end + 1
+                continue
+            # -- well-known service ports (default range only): skipped like a lease
+            if avoided and (hit := _first_in(avoided, base, base + size - 1)) is not None:
+                base = hit + 1
                 continue
             busy = _probe.first_busy(range(base, base + size))
             if busy is None:

@@ -73,7 +73,9 @@ def nobody_python() -> str:
     pytest.skip(f"no {version} interpreter runs as uid {NOBODY}")
 
 
-def as_nobody(args: list[str], packages: tuple[str, ...] = CLI_PACKAGES, cwd: str = "/") -> subprocess.CompletedProcess[str]:
+def as_nobody(
+    args: list[str], packages: tuple[str, ...] = CLI_PACKAGES, cwd: str = "/"
+) -> subprocess.CompletedProcess[str]:
     """``python -s ARGS`` as nobody, importing ``packages`` from a readable copy."""
     return _run(nobody_python(), args, packages, cwd)
 
