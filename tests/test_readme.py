@@ -6,7 +6,8 @@ Each ```python block is preceded by ``<!-- readme-test: MODE ... -->``, which sa
 - ``script``: the block is a script, run with ``python``;
 - ``collect``: the block is a conftest.py for services this CI has no engine for (PostgreSQL
   with a fixed binary path, Docker); it must import and define its fixtures;
-- ``fixture NAME -n N [django|flask]`` (marked ``integration``: ``pytest -m integration``): the block is a conftest.py; eight tests that each use
+- ``fixture NAME -n N [django|flask]`` (marked ``integration``, run by ``-m integration``): the
+  block is a conftest.py; eight tests that each use
   fixture NAME, and check that the server it gives is their own, run under ``-n N`` with the
   real plugin, and must leave no process behind.
 """
