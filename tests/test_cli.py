@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -180,7 +181,9 @@ def test_status_table_shows_every_state_and_changes_nothing(
     by_base = {int(row.split()[0]): row for row in rows}
     live = by_base[bases["live"]].split()
     assert live[1:3] == [str(bases["live"] + 1), "2"]
-    assert live[3] in ("4m59s", "5m00s")
+    # Written 300 s ahead; a loaded host may take a few seconds to start the script. No bound
+    # on the delay is asserted, only the format and that it counts down from 5 minutes.
+    assert re.fullmatch(r"[1-4]m[0-5][0-9]s|5m00s", live[3]), live[3]
     assert live[4] == f"{os.getpid()}@{hostname()}"
     assert live[5:] == ["live", "live", "one"]
     assert by_base[bases["expired"]].split()[3].startswith("-")
