@@ -69,9 +69,12 @@ class Store:
             f"lease directory {self.directory} from {self.source} {what}{detail}: {fix}"
         )
 
-    def prepare(self) -> None:
-        """Create the directory (0o700) if needed, and make sure the lock is a regular file."""
-        if self._prepared:
+    def prepare(self, *, again: bool = False) -> None:
+        """Create the directory (0o700) if needed, and make sure the lock is a regular file.
+
+        ``again``: the lock file was found removed or replaced, and the directory may be gone too.
+        """
+        if self._prepared and not again:
             return
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -253,6 +256,11 @@ class Store:
         except OSError:
             return b""
         return _read_all(fd)
+
+    @property
+    def loaded_bytes(self) -> bytes | None:
+        """The bytes of the state as last read or written, None when nothing is cached."""
+        return self._bytes
 
     def invalidate(self) -> None:
         """Forget the cached state (after a failure left it out of step with the file)."""
