@@ -102,9 +102,11 @@ def write_mixed_state(lease_dir: Path, port_range: PortRange) -> dict[str, int]:
         child.kill()
         child.wait()
     live = owner_for(os.getpid(), "live one").to_json()
+    elsewhere = {**owner_for(os.getpid(), "expired one").to_json(), "host": "another-host"}
     keys = {
         str(low): {"size": 2, "expires": math.ceil(now + 300), "owner": live},
-        str(low + 10): {"size": 3, "expires": math.floor(now - 30), "owner": live},
+        # Expired, and of an owner that cannot be checked: an alive owner would keep it.
+        str(low + 10): {"size": 3, "expires": math.floor(now - 30), "owner": elsewhere},
         str(low + 20): {"size": 1, "expires": math.ceil(now + 300), "owner": dead},
         str(low + 30): {"size": 4, "expires": math.ceil(now + 90)},  # fedimint's: no owner
     }
