@@ -43,14 +43,16 @@ class PortBlock:
 
 @dataclass
 class LeaseStats:
-    """What a leaser did: blocks and ports leased, seconds spent leasing and waiting for the lock."""
+    """What a leaser's ``lease()`` calls did: blocks and ports leased, seconds spent in them, and
+    the part of those seconds spent waiting for the lock."""
 
     blocks: int = 0
     ports: int = 0
     seconds: float = 0.0
     lock_wait: float = 0.0
 
-    def add(self, block: PortBlock, seconds: float) -> None:
+    def add(self, block: PortBlock, seconds: float, lock_wait: float = 0.0) -> None:
         self.blocks += 1
         self.ports += block.size
         self.seconds += seconds
+        self.lock_wait += lock_wait

@@ -25,14 +25,42 @@ MAX_TTL = 10 * 365 * 24 * 3600.0
 #: that includes 65535 makes its debug builds panic and its release builds wrap.
 LAST_PORT = 65534
 
+DEFAULT_LOCK_TIMEOUT = 30.0
+MAX_LOCK_TIMEOUT = 24 * 3600.0
+
+#: Ports of services that developers commonly run on their own machines, inside the default
+#: range. Leases from the default range skip them, so that a test suite neither takes a port from
+#: a local service (and fails it) nor fails to start because one runs; port-for skips registered
+#: ports for the same reason. An explicit range, and an exact port, are taken as given.
+WELL_KNOWN_PORTS: dict[int, str] = {
+    10250: "Kubernetes kubelet",
+    11211: "memcached",
+    11434: "Ollama",
+    15672: "RabbitMQ management",
+    16379: "Redis Cluster bus",
+    19999: "Netdata",
+    24224: "Fluentd forward",
+    25672: "RabbitMQ distribution",
+    26257: "CockroachDB",
+    26379: "Redis Sentinel",
+    27017: "MongoDB",
+    27018: "MongoDB shard",
+    27019: "MongoDB config server",
+    28015: "RethinkDB",
+}
+
 DIR_HELP = (
     "directory of the shared lease state (lock + fm-portalloc.json); "
     "env PORTLEASE_DIR, then FM_PORTALLOC_DATA_DIR; default <user cache dir>/fm-portalloc"
 )
 RANGE_HELP = f"ports to lease from, LOW-HIGH inclusive; env PORTLEASE_RANGE; default {DEFAULT_RANGE_TEXT}"
 TTL_HELP = (
-    "seconds a lease lives without renewal (renewed every ttl/3 while its holder runs); "
-    f"env PORTLEASE_TTL; default {DEFAULT_TTL:g}"
+    "seconds a lease lives without renewal (a pytest session and `portlease run` renew every "
+    f"ttl/3); env PORTLEASE_TTL; default {DEFAULT_TTL:g}"
+)
+LOCK_TIMEOUT_HELP = (
+    "seconds to wait for the lease directory's lock before failing with LockTimeout; "
+    f"env PORTLEASE_LOCK_TIMEOUT; default {DEFAULT_LOCK_TIMEOUT:g}"
 )
 
 
@@ -114,6 +142,27 @@ def parse_ttl(raw: object, name: str, source: str) -> float:
     return value
 
 
+def parse_lock_timeout(raw: object, name: str, source: str) -> float:
+    """Parse a finite number of seconds >= 0 (0: fail at once when the lock is held)."""
+    expected = (
+        f"expected a number of seconds from 0 to {MAX_LOCK_TIMEOUT:.0f}, such as 30 "
+        f"(0 fails at once when the lock is held)"
+    )
+    value: float
+    if isinstance(raw, str):
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise InvalidArgument(f"invalid {name} {raw!r} from {source}: {expected}") from None
+    elif isinstance(raw, int | float) and not isinstance(raw, bool):
+        value = float(raw)
+    else:
+        raise InvalidArgument(f"invalid {name} {raw!r} from {source}: {expected}")
+    if not math.isfinite(value) or not 0 <= value <= MAX_LOCK_TIMEOUT:
+        raise InvalidArgument(f"invalid {name} {raw!r} from {source}: {expected}")
+    return value
+
+
 def parse_directory(raw: object, name: str, source: str) -> Path:
     """Accept any non-empty path; whether it is usable is found out when it is first used."""
     if isinstance(raw, str | os.PathLike) and os.fspath(raw):
@@ -156,6 +205,13 @@ def resolve_directory(
     ini: object = None,
     ini_source: str = "ini portlease_dir",
 ) -> Resolved[Path]:
+    if option == "":
+        # An empty environment variable counts as unset, but `--portlease-dir=` typed out is a
+        # mistake (an unset shell variable, most often): silently using the default would hide it.
+        raise InvalidArgument(
+            f"invalid {name} '' from {option_source}: expected a directory path; "
+            f"leave {option_source} out to use the default"
+        )
     layers = [
         (option, option_source),
         _env("PORTLEASE_DIR"),
@@ -163,6 +219,40 @@ def resolve_directory(
         _env("FM_PORTALLOC_DATA_DIR"),
     ]
     return resolve_layers(layers, parse_directory, name, default_directory)
+
+
+def check_directory(setting: Resolved[Path], option: str) -> None:
+    """Raise ``InvalidArgument`` when the lease directory cannot be used: a path that is not a
+    directory, or one this process may not write in (or, when missing, may not create).
+
+    Reads only (stat and access(2)): nothing is created before the first lease.
+    """
+    path, source = setting.value, setting.source
+    fix = f"set {source} to a directory you can write in" + (
+        "" if source == option else f", or pass {option}=DIR"
+    )
+    existing = path
+    while not os.path.lexists(existing) and existing.parent != existing:
+        existing = existing.parent
+    uid = os.geteuid() if hasattr(os, "geteuid") else None
+    who = "this user" if uid is None else f"uid {uid}"
+    if existing == path:
+        if not path.is_dir():
+            what = "is not a directory" if path.exists() else "is a dangling symlink"
+            raise InvalidArgument(f"lease directory {path} from {source} {what}: {fix}")
+        # Creating the lock and state files needs write and search permission on the directory.
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise InvalidArgument(f"lease directory {path} from {source} is not writable by {who}: {fix}")
+        return
+    if not existing.is_dir():
+        raise InvalidArgument(
+            f"lease directory {path} from {source} cannot be created: {existing} is not a directory: {fix}"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InvalidArgument(
+            f"lease directory {path} from {source} cannot be created: {existing} is not writable "
+            f"by {who}: {fix}"
+        )
 
 
 def resolve_range(
@@ -189,3 +279,15 @@ def resolve_ttl(
 ) -> Resolved[float]:
     layers = [(option, option_source), _env("PORTLEASE_TTL"), (ini, ini_source)]
     return resolve_layers(layers, parse_ttl, name, lambda: DEFAULT_TTL)
+
+
+def resolve_lock_timeout(
+    option: object = None,
+    *,
+    name: str = "lock_timeout",
+    option_source: str = "argument",
+    ini: object = None,
+    ini_source: str = "ini portlease_lock_timeout",
+) -> Resolved[float]:
+    layers = [(option, option_source), _env("PORTLEASE_LOCK_TIMEOUT"), (ini, ini_source)]
+    return resolve_layers(layers, parse_lock_timeout, name, lambda: DEFAULT_LOCK_TIMEOUT)

@@ -21,12 +21,14 @@ from ._block import LeaseStats as LeaseStats  # re-exported: older imports name 
 from ._block import PortBlock as PortBlock
 from ._config import (
     LAST_PORT,
+    WELL_KNOWN_PORTS,
     PortRange,
     Resolved,
     check_port,
     parse_port_range,
     parse_ttl,
     resolve_directory,
+    resolve_lock_timeout,
     resolve_range,
     resolve_ttl,
 )
@@ -61,6 +63,9 @@ def _holder(entry: Entry) -> str:
     return f"lease {entry.base}-{entry.end} of {owner.label or 'an unlabelled holder'!r} ({pid}@{owner.host})"
 
 
+_WELL_KNOWN = tuple(sorted(WELL_KNOWN_PORTS))
+
+
 def _default_label() -> str:
     name = Path(sys.argv[0]).name if sys.argv else ""
     return "" if name in ("", "-", "-c") else name
@@ -89,9 +94,10 @@ class PortLeaser:
         port_range: str | tuple[int, int] | Resolved[PortRange] | None = None,
         ttl: float | Resolved[float] | None = None,
         label: str | None = None,
-        lock_timeout: float = 30,
+        lock_timeout: float | Resolved[float] | None = None,
         heartbeat: bool = False,
         owner_pid: int | None = THIS_PROCESS,
+        run_id: str = "",
     ) -> None:
         self.directory_setting: Resolved[Path] = (
             directory if isinstance(directory, Resolved) else resolve_directory(directory)
@@ -100,18 +106,24 @@ class PortLeaser:
             port_range if isinstance(port_range, Resolved) else resolve_range(port_range)
         )
         self.ttl_setting: Resolved[float] = ttl if isinstance(ttl, Resolved) else resolve_ttl(ttl)
-        self.lock_timeout = parse_ttl(lock_timeout, "lock_timeout", "argument")
+        self.lock_timeout_setting: Resolved[float] = (
+            lock_timeout if isinstance(lock_timeout, Resolved) else resolve_lock_timeout(lock_timeout)
+        )
         if label is not None and not isinstance(label, str):
             raise InvalidArgument(f"invalid label {label!r} from argument: expected a string")
         self.label = _default_label() if label is None else label
         if owner_pid is not None and (isinstance(owner_pid, bool) or not isinstance(owner_pid, int) or owner_pid < 0):
             raise InvalidArgument(f"invalid owner_pid {owner_pid!r} from argument: expected a process id")
         self.owner_pid = owner_pid
+        if not isinstance(run_id, str):
+            raise InvalidArgument(f"invalid run_id {run_id!r} from argument: expected a string")
+        self.run_id = run_id
         self.store = Store(self.directory, self.directory_setting.source)
         self.stats = LeaseStats()
         self._held: dict[int, tuple[PortBlock, float]] = {}  # base -> (block, ttl)
         self._mutex = threading.RLock()
         self._lock = self._new_lock()
+        self._last_lock_wait = 0.0
         self._closed = False
         self._heartbeat: _heartbeat.Heartbeat | None = None
         self._heartbeat_wanted = False  # a forked child starts it at its first lease
@@ -149,6 +161,10 @@ class PortLeaser:
         return self.ttl_setting.value
 
     @property
+    def lock_timeout(self) -> float:
+        return self.lock_timeout_setting.value
+
+    @property
     def held(self) -> list[PortBlock]:
         """The blocks this leaser holds, by base."""
         with self._mutex:
@@ -177,7 +193,9 @@ class PortLeaser:
             if self._lock.acquire(self.lock_timeout):
                 # Written meanwhile by processes that locked another inode: nothing cached holds.
                 self.store.invalidate()
-            self.stats.lock_wait += time.perf_counter() - waited
+            # Read by lease() under the same mutex: the summary counts the lock waits of the
+            # leases it times, not those of releases and renewals.
+            self._last_lock_wait = time.perf_counter() - waited
             log.debug("locked %s after %.6fs", self.store.lock_path, time.perf_counter() - waited)
             try:
                 inject("locked")
@@ -265,12 +283,16 @@ class PortLeaser:
             self._warn_ephemeral(rng)
         full_label = " ".join(x for x in (self.label, label) if x)
 
+        lock_wait = 0.0
+
         def body(state: State) -> int | PortleaseError:
+            nonlocal lock_wait
+            lock_wait += self._last_lock_wait  # this attempt's wait (the lock file may be replaced)
             now = _clock.now()
             reclaim(state, now, lease_ttl)
             try:
                 if port is None:
-                    base = self._next_fit(state, rng, size)
+                    base = self._next_fit(state, rng, size, self._avoided(port_range))
                     _scan.advance(state, rng, base, size)
                 else:
                     base = self._exact(state, port, size)
@@ -287,7 +309,7 @@ class PortLeaser:
             # Held only once the state is saved: a failed save must not leave a lease to renew.
             block = PortBlock(base, size, full_label)
             self._held[base] = (block, lease_ttl)
-            self.stats.add(block, time.perf_counter() - started)
+            self.stats.add(block, time.perf_counter() - started, lock_wait)
             if self._heartbeat_wanted and self._heartbeat is None:
                 self.start_heartbeat()  # a forked child's, now that it has a lease to renew
             if lease_ttl < self.ttl and self._heartbeat is not None:
@@ -297,10 +319,17 @@ class PortLeaser:
 
     def _owner(self, label: str) -> _owner.Owner:
         pid = os.getpid() if self.owner_pid == THIS_PROCESS else self.owner_pid
-        return _owner.owner_for(pid, label)
+        return _owner.owner_for(pid, label, self.run_id)
 
-    def _next_fit(self, state: State, rng: PortRange, size: int) -> int:
-        if (base := _scan.next_fit(state, rng, size)) is not None:
+    def _avoided(self, port_range: object) -> tuple[int, ...]:
+        """The well-known service ports a scan skips: only in the default range (see
+        WELL_KNOWN_PORTS); a range someone chose is taken as given."""
+        if port_range is None and self.range_setting.source == "default":
+            return _WELL_KNOWN
+        return ()
+
+    def _next_fit(self, state: State, rng: PortRange, size: int, avoided: tuple[int, ...] = ()) -> int:
+        if (base := _scan.next_fit(state, rng, size, avoided)) is not None:
             return base
         held = [e for e in state.entries.values() if e.base <= rng.high and e.end >= rng.low]
         ports = sum(min(e.end, rng.high) - max(e.base, rng.low) + 1 for e in held)
@@ -501,7 +530,7 @@ def lease_ports(
     port_range: str | tuple[int, int] | None = None,
     ttl: float | None = None,
     label: str | None = None,
-    lock_timeout: float = 30,
+    lock_timeout: float | None = None,
 ) -> Iterator[PortBlock]:
     """Lease a block for the ``with`` body, renewed while it runs, released on exit."""
     with PortLeaser(

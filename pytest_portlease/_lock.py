@@ -13,7 +13,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from . import _owner
@@ -229,21 +229,3 @@ class DirLock:
         self._closer = None
         self._fd = None
         self._waiters = set()
-
-
-@contextlib.contextmanager
-def shared_lock(path: Path, timeout: float = 2.0) -> Iterator[None]:
-    # A writer that rewrites in place (fedimint-portalloc) is only safe to read under its lock.
-    # Take it on the existing file, read-only, without creating anything; give up after a short
-    # while rather than hang a diagnostic command behind a stopped process.
-    try:
-        # O_NONBLOCK: a FIFO planted at the lock's name must not hang a diagnostic command.
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError:
-        yield
-        return
-    try:
-        poll_lock(fd, timeout)
-        yield
-    finally:
-        os.close(fd)  # closing the descriptor drops its flock

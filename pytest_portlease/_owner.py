@@ -32,6 +32,8 @@ class Owner:
     host: str
     ns: str
     label: str
+    #: The run this lease belongs to (pytest-xdist's testrunuid, the same in every worker), or "".
+    run: str = ""
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {}
@@ -42,6 +44,8 @@ class Owner:
         data["host"] = self.host
         data["ns"] = self.ns
         data["label"] = self.label
+        if self.run:
+            data["run"] = self.run
         return data
 
     @classmethod
@@ -57,7 +61,8 @@ class Owner:
             return None  # no process has it: reading it as one would make the range look dead
         if not all(isinstance(v, str) for v in (host, ns, label)):
             return None
-        return cls(pid, start, host, ns, label)
+        run = data.get("run", "")
+        return cls(pid, start, host, ns, label, run if isinstance(run, str) else "")
 
     @cached_property
     def process(self) -> Process | None:
@@ -133,7 +138,7 @@ def process_start(pid: int) -> int | None:
     return int(fields[19])
 
 
-def owner_for(pid: int | None, label: str) -> Owner:
+def owner_for(pid: int | None, label: str, run: str = "") -> Owner:
     """An owner record for ``pid`` on this host (None: the lease has no owning process)."""
     if pid is None or not namespace():
         start = None  # nothing to check it with: /proc would name another process
@@ -141,7 +146,7 @@ def owner_for(pid: int | None, label: str) -> Owner:
         start = _own_start(pid)
     else:
         start = process_start(pid)
-    return Owner(pid, start, hostname(), namespace(), label)
+    return Owner(pid, start, hostname(), namespace(), label, run)
 
 
 @cache

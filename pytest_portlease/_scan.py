@@ -10,6 +10,7 @@ same order, with only the probe between them.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import random
 
@@ -60,10 +61,16 @@ def advance(state: State, rng: PortRange, base: int, size: int) -> None:
         state.next = after
 
 
-def next_fit(state: State, rng: PortRange, size: int) -> int | None:
+def _first_in(sorted_ports: tuple[int, ...], low: int, high: int) -> int | None:
+    i = bisect.bisect_left(sorted_ports, low)
+    return sorted_ports[i] if i < len(sorted_ports) and sorted_ports[i] <= high else None
+
+
+def next_fit(state: State, rng: PortRange, size: int, avoided: tuple[int, ...] = ()) -> int | None:
     """The first free block of ``size`` ports from the cursor, wrapping once; None when there is
-    none. Every jump moves strictly forward, so one full cycle probes each port at most once and
-    the scan always ends."""
+    none. ``avoided``: sorted ports no block may include, skipped like a lease (the well-known
+    service ports of the default range). Every jump moves strictly forward, so one full cycle
+    probes each port at most once and the scan always ends."""
     first = start(state, rng, size)
     rng = usable(rng)
     base, wrapped = first, False
@@ -76,6 +83,9 @@ def next_fit(state: State, rng: PortRange, size: int) -> int | None:
             return None
         if (entry := state.conflict(base, base + size - 1)) is not None:
             base = max(entry.end + 1, base + 1)
+            continue
+        if avoided and (hit := _first_in(avoided, base, base + size - 1)) is not None:
+            base = hit + 1
             continue
         busy = _probe.first_busy(range(base, base + size))
         if busy is None:

@@ -12,13 +12,18 @@ read-only, and a missing directory or state file is simply reported.
 ``range``             ``{"low", "high", "source"}``: the configured range
 ``cursor``            the next-fit cursor (``next``), or null without a state file
 ``now``               unix seconds at which the states were computed
-``by_state``          ``{"live": n, "foreign": n, "expired": n, "dead owner": n}``
-``ports``             ``{"in_range": n, "leased_in_range": n}``; leased counts live and foreign
+``by_state``          ``{"live": n, "ttl-only": n, "foreign": n, "expired": n, "dead owner": n}``
+``ports``             ``{"in_range": n, "leased_in_range": n}``; leased counts live, ttl-only
+                      and foreign
 ``map``               ``{"text": "..##+..", "ports_per_char": x}``: the occupancy map
 ``problems``          what could not be read in the state file (empty when it is sound)
+``lock``              ``{"held": false}`` when read under the lock; else ``{"held": true, "pid",
+                      "command", "waited"}``: who held it, and the seconds waited before the
+                      state was read without it
 ``leases``            by base: ``{"base", "end", "size", "expires", "expires_in", "state",
                       "label", "owner"}``, where ``owner`` is null or ``{"pid", "start",
-                      "host", "ns"}`` (``pid`` and ``start`` may be null)
+                      "host", "ns", "run"}`` (``pid`` and ``start`` may be null; ``run`` is
+                      pytest-xdist's run id, or "")
 """
 
 from __future__ import annotations
@@ -34,12 +39,11 @@ from typing import Any
 from ._config import PortRange, Resolved
 from ._scan import cursor_of
 from ._state import STATE_NAME
-from ._status import LeaseInfo, lease_infos, read_state
-from .errors import PortleaseError
+from ._status import LeaseInfo, LockBusy, check_readable_directory, lease_infos, read_state_seen
 
 SCHEMA = 1
-STATES = ("live", "foreign", "expired", "dead owner")
-HOLDING = ("live", "foreign")  # states whose ports nobody else may lease
+STATES = ("live", "ttl-only", "foreign", "expired", "dead owner")
+HOLDING = ("live", "ttl-only", "foreign")  # states whose ports nobody else may lease
 MAP_WIDTH = 64
 
 
@@ -55,6 +59,8 @@ class Snapshot:
     leases: list[LeaseInfo]
     problems: list[str]
     now: float
+    #: Who held the lock when this was read without it; None when it was read under the lock.
+    lock_busy: LockBusy | None = None
 
     @property
     def state_file(self) -> Path:
@@ -70,20 +76,17 @@ class Snapshot:
 
 def read_snapshot(directory: Resolved[Path], port_range: Resolved[PortRange]) -> Snapshot:
     path = directory.value
-    if not path.exists():
+    if not check_readable_directory(path, directory.source):
         return Snapshot(directory, port_range, False, None, None, [], [], time.time())
-    if not path.is_dir():
-        raise PortleaseError(
-            f"lease directory {path} from {directory.source} is not a directory: "
-            f"point it at a directory"
-        )
-    loaded = read_state(path, directory.source)
+    loaded, busy = read_state_seen(path, directory.source)
     now = time.time()
     if loaded is None:
-        return Snapshot(directory, port_range, True, None, None, [], [], now)
+        return Snapshot(directory, port_range, True, None, None, [], [], now, busy)
     leases = lease_infos(loaded.state, now)
     cursor = cursor_of(loaded.state, port_range.value)  # the range's own, or fedimint's `next`
-    return Snapshot(directory, port_range, True, loaded.size, cursor, leases, loaded.problems, now)
+    return Snapshot(
+        directory, port_range, True, loaded.size, cursor, leases, loaded.problems, now, busy
+    )
 
 
 # -- pieces ------------------------------------------------------------------------------------
@@ -112,9 +115,21 @@ def printable(text: str) -> str:
 
 
 def owner_text(lease: LeaseInfo) -> str:
-    if lease.pid is None and not lease.host:
-        return "-"
-    return f"{'' if lease.pid is None else lease.pid}@{printable(lease.host)}"
+    """``pid@host``; the host alone for a lease without a pid; ``-`` without an owner."""
+    if lease.pid is None:
+        return printable(lease.host) or "-"
+    return f"{lease.pid}@{printable(lease.host)}"
+
+
+def lock_text(busy: LockBusy) -> str:
+    """Who holds the lock, for a state read without it."""
+    who = "an unknown process" if busy.pid is None else f"pid {busy.pid}"
+    if busy.command:
+        who += f" ({printable(busy.command)})"
+    return (
+        f"held by {who}; after waiting {busy.waited:.1f}s, read without it "
+        f"(the last state written: a change in progress is not shown)"
+    )
 
 
 def span(base: int, end: int) -> str:
@@ -174,6 +189,7 @@ def render(snap: Snapshot) -> str:
         ("state file", f"{snap.state_file} ({size})"),
         ("range", f"{rng.value} (from {rng.source})"),
         ("cursor", "-" if snap.cursor is None else str(snap.cursor)),
+        *([("lock", lock_text(snap.lock_busy))] if snap.lock_busy is not None else []),
         ("leases", f"{len(snap.leases)}" + (f" ({counts})" if counts else "")),
         ("in range", f"{leased} of {rng.value.size} ports leased ({100 * leased / rng.value.size:.1f}%)"),
         ("map", f"{rng.value.low} {occupancy(holding, rng.value)} {rng.value.high}"),
@@ -205,7 +221,8 @@ def render(snap: Snapshot) -> str:
 def lease_doc(lease: LeaseInfo, now: float) -> dict[str, Any]:
     owner = None
     if lease.pid is not None or lease.host or lease.ns:
-        owner = {"pid": lease.pid, "start": lease.start, "host": lease.host, "ns": lease.ns}
+        owner = {"pid": lease.pid, "start": lease.start, "host": lease.host, "ns": lease.ns,
+                 "run": lease.run}
     return {
         "base": lease.base,
         "end": lease.end,
@@ -235,8 +252,15 @@ def to_json(snap: Snapshot) -> dict[str, Any]:
         "ports": {"in_range": rng.size, "leased_in_range": leased_in_range(holding, rng)},
         "map": {"text": occupancy(holding, rng), "ports_per_char": rng.size / min(MAP_WIDTH, rng.size)},
         "problems": snap.problems,
+        "lock": _lock_doc(snap.lock_busy),
         "leases": [lease_doc(lease, snap.now) for lease in snap.leases],
     }
+
+
+def _lock_doc(busy: LockBusy | None) -> dict[str, Any]:
+    if busy is None:
+        return {"held": False}
+    return {"held": True, "pid": busy.pid, "command": busy.command, "waited": round(busy.waited, 3)}
 
 
 def dumps(doc: dict[str, Any]) -> str:

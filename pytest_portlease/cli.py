@@ -13,26 +13,29 @@ import math
 import os
 import signal
 import sys
+import textwrap
 import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import __version__, _owner, _probe
+from . import __version__, _owner, _probe, _run
 from . import _status_view as view
 from ._config import (
     DEFAULT_TTL,
     DIR_HELP,
+    LOCK_TIMEOUT_HELP,
     RANGE_HELP,
     TTL_HELP,
     PortRange,
     Resolved,
     resolve_directory,
+    resolve_lock_timeout,
     resolve_range,
     resolve_ttl,
 )
-from ._leaser import THIS_PROCESS, PortLeaser
+from ._leaser import PortLeaser
 from ._state import Entry, State
 from ._status import lease_info, lease_state, reclaim
 from .errors import InvalidArgument, PortleaseError, PortleaseWarning, PortUnavailable
@@ -61,6 +64,10 @@ def _ttl(args: argparse.Namespace) -> Resolved[float]:
     return resolve_ttl(args.ttl, name="ttl", option_source="--ttl")
 
 
+def _lock_timeout(args: argparse.Namespace) -> Resolved[float]:
+    return resolve_lock_timeout(args.lock_timeout, name="lock timeout", option_source="--lock-timeout")
+
+
 def _emit(args: argparse.Namespace, text: str, doc: dict[str, Any]) -> None:
     print(view.dumps(doc) if args.json else text)
 
@@ -81,7 +88,7 @@ def _locked_state(args: argparse.Namespace) -> Iterator[State | None]:
     unused = "unused by admin commands"
     leaser = PortLeaser(
         directory, port_range=Resolved(PortRange(1, 65535), unused), ttl=Resolved(DEFAULT_TTL, unused),
-        owner_pid=None, label="",
+        lock_timeout=_lock_timeout(args), owner_pid=None, label="",
     )
     try:
         with leaser.transaction() as state:
@@ -109,7 +116,10 @@ def cmd_lease(args: argparse.Namespace) -> int:
             )
         owner_pid = args.owner_pid
     ttl = _ttl(args)
-    leaser = PortLeaser(_directory(args), port_range=_range(args), ttl=ttl, label="", owner_pid=owner_pid)
+    leaser = PortLeaser(
+        _directory(args), port_range=_range(args), ttl=ttl, lock_timeout=_lock_timeout(args), label="",
+        owner_pid=owner_pid,
+    )
     label = "portlease lease" if args.label is None else args.label
     try:
         block = leaser.lease(args.size, port=args.port, label=label)
@@ -231,102 +241,16 @@ def cmd_reclaim(args: argparse.Namespace) -> int:
     return OK
 
 
-# -- run ---------------------------------------------------------------------------------------
-
-# Signals that would otherwise end `run` and orphan CMD: forwarded to CMD instead.
-_FORWARD = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
-                      signal.SIGUSR1, signal.SIGUSR2})
-# Python ignores these at startup; exec keeps ignored signals ignored. subprocess resets them too.
-_RESET_IN_CHILD = (signal.SIGPIPE, signal.SIGXFSZ)
-# si_code of a signal the kernel itself sent: the terminal's ^C, ^\ and hangup (Linux).
-_SI_KERNEL = 0x80
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
         raise _Usage("run needs a command: portlease run [-n N] -- CMD [ARG...]")
-    directory, rng, ttl = _directory(args), _range(args), _ttl(args)
     label = f"portlease run {Path(cmd[0]).name}" if args.label is None else args.label
-    waited = set(_FORWARD) | {signal.SIGCHLD}
-    # Block before any thread exists (the heartbeat inherits the mask), so that every signal
-    # waits for the loop below, which sees who sent it.
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, waited)
-    try:
-        leaser = PortLeaser(directory, port_range=rng, ttl=ttl, label="", owner_pid=THIS_PROCESS)
-        try:
-            block = leaser.lease(args.n, label=label)
-            leaser.start_heartbeat()
-            if early := signal.sigpending() & _FORWARD:
-                return 128 + int(min(early))  # asked to stop before CMD started: do not start it
-            env = {**os.environ, **block.env()}
-            try:
-                # posix_spawn starts CMD with our original mask, which subprocess cannot do.
-                pid = os.posix_spawnp(cmd[0], cmd, env, setsigmask=old_mask, setsigdef=_RESET_IN_CHILD)
-            except FileNotFoundError:
-                print(f"portlease: error: command not found: {cmd[0]}: check its name and PATH",
-                      file=sys.stderr)
-                return 127
-            except OSError as e:
-                print(f"portlease: error: cannot run {cmd[0]} ({e.strerror}): "
-                      f"check that it is an executable file", file=sys.stderr)
-                return 126
-            log.debug("started pid %d with PORTLEASE_PORTS=%s", pid, env["PORTLEASE_PORTS"])
-            code = _supervise(pid, waited)
-            log.debug("pid %d exited with %d; releasing %s", pid, code, block)
-            return code
-        finally:
-            leaser.close()
-    finally:
-        while _wait_signal(waited, 0) is not None:
-            pass  # drop what arrived after CMD ended, rather than die of it once unblocked
-        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-
-
-def _supervise(pid: int, waited: set[signal.Signals]) -> int:
-    """Forward signals to CMD until it exits; return its exit code (128+N for signal N)."""
-    while True:
-        # The timeout covers a SIGCHLD that another thread of an embedding process consumed.
-        got = _wait_signal(waited, 0.25)
-        if got is not None and got[0] in _FORWARD and _should_forward(got, pid):
-            log.debug("forwarding signal %d to pid %d", got[0], pid)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, got[0])  # still our unreaped child, so the pid cannot be reused
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            code = os.waitstatus_to_exitcode(status)
-            return 128 - code if code < 0 else code
-
-
-def _wait_signal(waited: set[signal.Signals], timeout: float) -> tuple[int, int | None, int] | None:
-    """(signal, si_code or None where unknown, sender pid) of the next pending signal, if any."""
-    if hasattr(signal, "sigtimedwait"):
-        info = signal.sigtimedwait(waited, timeout)
-        return None if info is None else (info.si_signo, info.si_code, info.si_pid)
-    # macOS has neither sigtimedwait nor siginfo; sigwait returns at once when one is pending.
-    if signal.sigpending() & waited:
-        return signal.sigwait(waited), None, 0
-    time.sleep(timeout)
-    return None
-
-
-def _should_forward(got: tuple[int, int | None, int], child: int) -> bool:
-    signo, code, sender = got
-    if code is None:
-        # No siginfo (macOS): ^C and ^\ come from the terminal to its foreground process group.
-        # When that group is CMD's (ours), CMD has it already.
-        return signo not in (signal.SIGINT, signal.SIGQUIT) or not _in_foreground()
-    # The terminal's ^C reaches the whole foreground process group, CMD included: forwarding it
-    # would deliver it twice. Signals CMD sends us are not bounced back to it either.
-    return code != _SI_KERNEL and sender != child
-
-
-def _in_foreground() -> bool:
-    try:
-        with open("/dev/tty", "rb", buffering=0) as tty:
-            return os.tcgetpgrp(tty.fileno()) == os.getpgrp()
-    except OSError:
-        return False
+    settings = _run.RunSettings(
+        _directory(args), _range(args), _ttl(args), _lock_timeout(args), args.n, label,
+        die_with_run=not args.keep_cmd_alive,
+    )
+    return _run.run(cmd, settings)
 
 
 # -- the parser and main -----------------------------------------------------------------------
@@ -354,6 +278,7 @@ def _port(text: str) -> int:
 def _add_globals(parser: argparse.ArgumentParser, default: Any) -> None:
     parser.add_argument("--dir", default=default, metavar="DIR", help=DIR_HELP)
     parser.add_argument("--range", default=default, metavar="LOW-HIGH", help=RANGE_HELP)
+    parser.add_argument("--lock-timeout", default=default, metavar="SECONDS", help=LOCK_TIMEOUT_HELP)
     parser.add_argument("--json", action="store_true", default=default, help="print JSON")
     parser.add_argument("-v", "--verbose", action="store_true", default=default,
                         help="log every step (lock waits, reclaims, probes) and show tracebacks")
@@ -386,9 +311,10 @@ def build_parser() -> _Parser:
     p = add("status", "show the range, an occupancy map and every lease; changes nothing")
     p.set_defaults(func=cmd_status)
     p = add("lease", "lease a block and print its base port; it lasts until its TTL ends, "
-            "or until --owner-pid exits")
+            "or until --owner-pid exits; nothing renews it (see renew)")
     p.add_argument("size", nargs="?", type=_size, default=1, metavar="N", help="ports (default 1)")
-    p.add_argument("--ttl", help=TTL_HELP)
+    p.add_argument("--ttl", help="seconds the lease lives; it is never renewed unless you run "
+                   f"`portlease renew`; env PORTLEASE_TTL; default {DEFAULT_TTL:g}")
     p.add_argument("--label", help="shown by status (default 'portlease lease')")
     p.add_argument("--port", type=_port, help="lease exactly this base port, even outside the range")
     p.add_argument("--owner-pid", type=_int, metavar="PID",
@@ -396,7 +322,8 @@ def build_parser() -> _Parser:
     p.set_defaults(func=cmd_lease)
     p = add("renew", "extend leases by their base port, keeping their owner")
     p.add_argument("bases", nargs="+", type=_port, metavar="BASE")
-    p.add_argument("--ttl", help=TTL_HELP)
+    p.add_argument("--ttl", help="seconds from now that the leases live; env PORTLEASE_TTL; "
+                   f"default {DEFAULT_TTL:g}")
     p.set_defaults(func=cmd_renew)
     p = add("release", "release leases by base, by label (glob) or by owner pid; a holder that "
             "is still running restores its lease when it renews")
@@ -409,11 +336,20 @@ def build_parser() -> _Parser:
     p.set_defaults(func=cmd_check)
     p = add("reclaim", "drop expired and dead-owner leases")
     p.set_defaults(func=cmd_reclaim)
-    p = add("run", "run CMD with PORTLEASE_PORT, PORTLEASE_PORTS and PORTLEASE_PORT_<i> set, "
-            "renewing the lease until CMD ends")
+    p = sub.add_parser(
+        "run", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="run CMD on a leased block, renewing the lease until CMD ends",
+        description="Lease a block, run CMD on it, renew the lease while CMD lives, release it "
+        "when CMD ends, and exit with CMD's code.\n\n" + textwrap.fill(_run.PLACEHOLDERS_HELP, 78)
+        + "\n\n" + textwrap.fill(
+            "CMD becomes the lease's owner once it starts: if run is killed, CMD is sent SIGTERM "
+            "(Linux), and the lease lives exactly as long as CMD does.", 78),
+    )
     p.add_argument("-n", type=_size, default=1, metavar="N", help="ports (default 1)")
     p.add_argument("--ttl", help=TTL_HELP)
     p.add_argument("--label", help="shown by status (default 'portlease run CMD')")
+    p.add_argument("--keep-cmd-alive", action="store_true",
+                   help="if run itself is killed, let CMD live on (its lease follows it)")
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...")
     p.set_defaults(func=cmd_run)
     return parser

@@ -23,17 +23,20 @@ import pytest
 from . import _leaser, _portfor
 from ._config import (
     DIR_HELP,
+    LOCK_TIMEOUT_HELP,
     RANGE_HELP,
     TTL_HELP,
     PortRange,
     Resolved,
+    check_directory,
     resolve_directory,
     resolve_layers,
+    resolve_lock_timeout,
     resolve_range,
     resolve_ttl,
 )
 from ._leaser import PortBlock, PortLeaser
-from .errors import InvalidArgument, PortleaseError, PortUnavailable
+from .errors import InvalidArgument, LockTimeout, PortleaseError, PortUnavailable
 
 #: The memory of named blocks, next to the state file but apart from it: fedimint-portalloc
 #: rewrites ``fm-portalloc.json`` without our fields, and must not be able to erase this.
@@ -43,7 +46,10 @@ PATCH_PORT_FOR_HELP = (
     "make port_for.select_random()/get_port() lease from portlease for this session; "
     "env PORTLEASE_PATCH_PORT_FOR; default false"
 )
-_FIGURES = ("blocks", "ports", "seconds", "lock_wait")
+#: Figures of the engine's LeaseStats, summed over the session's leaser and the xdist workers.
+_STATS = ("blocks", "ports", "seconds", "lock_wait")
+#: The session's own: lock timeouts, and leases refused at once after one.
+_FIGURES = (*_STATS, "lock_timeouts", "failed_at_once")
 _WARNINGS_SHOWN = 20  # distinct warnings in the summary; the rest are counted
 _session_key = pytest.StashKey["PortleaseSession"]()
 
@@ -71,6 +77,13 @@ class PortleaseSession:
                 config.getoption("portlease_dir"), name="--portlease-dir",
                 option_source="--portlease-dir", ini=config.getini("portlease_dir"),
             ))
+            # Found out now, by reads alone, rather than as a traceback in every test that asks
+            # for a port; nothing is created until one does.
+            check_directory(self.directory, "--portlease-dir")
+            self.lock_timeout: Resolved[float] = resolve_lock_timeout(
+                config.getoption("portlease_lock_timeout"), name="--portlease-lock-timeout",
+                option_source="--portlease-lock-timeout", ini=config.getini("portlease_lock_timeout"),
+            )
             self.port_range: Resolved[PortRange] = resolve_range(
                 config.getoption("portlease_range"), name="--portlease-range",
                 option_source="--portlease-range", ini=config.getini("portlease_range"),
@@ -92,8 +105,9 @@ class PortleaseSession:
         workerinput: dict[str, Any] = getattr(config, "workerinput", {})
         self.worker: str | None = workerinput.get("workerid")
         self.rootdir = str(config.rootpath)
-        run = [config.rootpath.name, self.worker, workerinput.get("testrunuid")]
-        self.label = " ".join(["pytest", *(part for part in run if part)])
+        #: xdist's id of the whole run, the same in every worker: owner data, not label text.
+        self.run_id: str = workerinput.get("testrunuid") or ""
+        self.label = " ".join(["pytest", *(part for part in (config.rootpath.name, self.worker) if part)])
         #: Node id of the test being set up: a session-scoped factory cannot see its caller.
         self.current_test = ""
         self.figures: dict[str, float] = dict.fromkeys(_FIGURES, 0)
@@ -105,6 +119,9 @@ class PortleaseSession:
         self._named: dict[str, PortBlock] = {}
         self._create = threading.Lock()
         self._closed = False
+        #: The first LockTimeout of the session: a frozen holder would cost every later lease the
+        #: whole timeout again, so they fail at once with it.
+        self.lock_timed_out: LockTimeout | None = None
 
     @property
     def patch_port_for(self) -> bool:
@@ -120,14 +137,25 @@ class PortleaseSession:
                 _leaser.ephemeral_overlap_reported(self.port_range.value)  # in the report header
                 self._leaser = _leaser.PortLeaser(
                     self.directory, port_range=self.port_range, ttl=self.ttl, label=self.label,
-                    heartbeat=True,
+                    lock_timeout=self.lock_timeout, heartbeat=True, run_id=self.run_id,
                 )
             return self._leaser
 
     @contextlib.contextmanager
     def _leasing(self) -> Iterator[PortLeaser]:
-        with self.leaser.recording_warnings(self.keep_warnings) as leaser:
-            yield leaser
+        if (first := self.lock_timed_out) is not None:
+            self.figures["failed_at_once"] += 1
+            # The same error, with this test's traceback instead of the earlier test's. (A copy
+            # by args would lose the holder: OSError, a base of TimeoutError, keeps two args.)
+            raise first.with_traceback(None)
+        try:
+            with self.leaser.recording_warnings(self.keep_warnings) as leaser:
+                yield leaser
+        except LockTimeout as e:
+            if self.lock_timed_out is None:
+                self.lock_timed_out = e
+                self.figures["lock_timeouts"] += 1
+            raise
 
     def keep_warnings(self, caught: list[warnings.WarningMessage]) -> None:
         for w in caught:
@@ -147,7 +175,9 @@ class PortleaseSession:
             if name is None:
                 return leaser.lease(size, label=label)
             if (known := self._named.get(name)) is None:
-                known = self._named[name] = self._lease_named(leaser, size, name, label)
+                # The name first: it says which block this is, the test only who asked first.
+                named_label = " ".join(x for x in (f"name={name}", label) if x)
+                known = self._named[name] = self._lease_named(leaser, size, name, named_label)
             elif size != known.size:
                 raise InvalidArgument(
                     f"invalid size {size!r} for block {name!r}: it was leased with "
@@ -192,6 +222,10 @@ class PortleaseSession:
             leaser, self._leaser, self._closed = self._leaser, None, True
         if leaser is None:
             return
+        if self.lock_timed_out is not None:
+            # Releasing would wait out the timeout once more: the TTL ends these leases.
+            for block in leaser.held:
+                leaser.detach(block)
         # Not under _leasing: close() joins the heartbeat, which may be waiting for the mutex.
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -204,7 +238,7 @@ class PortleaseSession:
                 )
         self.keep_warnings(caught)
         stats = leaser.stats  # port_leaser users lease directly: count from the engine
-        for name in _FIGURES:
+        for name in _STATS:
             self.figures[name] += getattr(stats, name)
 
     def merge(self, output: dict[str, Any]) -> None:
@@ -219,14 +253,22 @@ class PortleaseSession:
             self._warning(str(text), count if isinstance(count, int) else 1)
 
     def summary(self) -> list[str]:
-        blocks, ports = int(self.figures["blocks"]), int(self.figures["ports"])
+        figures = self.figures
+        blocks, ports = int(figures["blocks"]), int(figures["ports"])
         lines = []
         if blocks:
             workers = f" over {_plural(self.workers, 'worker')}" if self.workers else ""
+            # Both figures are over the same calls (the leases), so the second is part of the first.
             lines.append(
                 f"portlease: {_plural(blocks, 'block')}, {_plural(ports, 'port')} leased{workers} "
-                f"in {self.figures['seconds']:.3f}s; {self.figures['lock_wait']:.3f}s "
+                f"in {figures['seconds']:.3f}s of leasing, of which {figures['lock_wait']:.3f}s "
                 f"waiting for the lock"
+            )
+        if timeouts := int(figures["lock_timeouts"]):
+            where = f" in {_plural(timeouts, 'process', 'processes')}" if self.workers else ""
+            lines.append(
+                f"portlease: the lock timed out{where}; {_plural(int(figures['failed_at_once']), 'later lease')} "
+                f"failed at once with the same error instead of waiting again"
             )
         shown = list(self.warnings.items())
         for text, count in shown[:_WARNINGS_SHOWN]:
@@ -293,8 +335,8 @@ def _used(entry: dict[str, Any]) -> float:
     return float(used) if math.isfinite(used) else 0.0  # NaN would not sort
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+def _plural(n: int, word: str, words: str = "") -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {words or word + 's'}"
 
 
 def get_session(config: pytest.Config) -> PortleaseSession:
@@ -311,11 +353,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         ("dir", "DIR", DIR_HELP),
         ("range", "LOW-HIGH", RANGE_HELP),
         ("ttl", "SECONDS", TTL_HELP),
+        ("lock-timeout", "SECONDS", LOCK_TIMEOUT_HELP),
     ):
-        group.addoption(
-            f"--portlease-{name}", dest=f"portlease_{name}", metavar=metavar, help=help_text
-        )
-        parser.addini(f"portlease_{name}", help_text)
+        key = name.replace("-", "_")
+        group.addoption(f"--portlease-{name}", dest=f"portlease_{key}", metavar=metavar, help=help_text)
+        parser.addini(f"portlease_{key}", help_text)
     group.addoption(
         "--portlease-patch-port-for", dest="portlease_patch_port_for", action="store_true",
         default=None, help=PATCH_PORT_FOR_HELP,
@@ -361,7 +403,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         return
     ours.close()
     workeroutput = getattr(config, "workeroutput", None)
-    if workeroutput is not None and (ours.figures["blocks"] or ours.warnings):
+    if workeroutput is not None and (ours.figures["blocks"] or ours.figures["lock_timeouts"] or ours.warnings):
         workeroutput["portlease"] = {"figures": ours.figures, "warnings": ours.warnings}
 
 
@@ -378,7 +420,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     rng = s.port_range.value
     lines = [
         f"portlease: dir {s.directory.value} (from {s.directory.source}), "
-        f"range {rng} (from {s.port_range.source}), ttl {s.ttl.value:g}s (from {s.ttl.source})"
+        f"range {rng} (from {s.port_range.source}), ttl {s.ttl.value:g}s (from {s.ttl.source}), "
+        f"lock timeout {s.lock_timeout.value:g}s (from {s.lock_timeout.source})"
     ]
     if (overlap := ephemeral_overlap(rng)) is not None:
         lines.append(

@@ -65,7 +65,7 @@ def port_range() -> PortRange:
 # part in the plugin's tests.
 NESTED_FAST = (
     "-p", "no:hypothesispytest", "-p", "no:pytest_postgresql", "-p", "no:pytest_redis",
-    "-p", "no:cacheprovider",
+    "-p", "no:cacheprovider", "-p", "no:django", "-p", "no:flask", "-p", "no:xprocess",
 )
 
 

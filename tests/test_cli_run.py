@@ -91,14 +91,17 @@ def test_env_reaches_cmd_and_the_lease_is_released(
     assert status(lease_dir) == []
 
 
-def test_cmd_sees_its_lease_held_by_run(common: list[str], lease_dir: Path, tmp_path: Path) -> None:
-    out = tmp_path / "status.json"
+def test_cmd_sees_its_lease_owned_by_itself(common: list[str], lease_dir: Path, tmp_path: Path) -> None:
+    out, pid = tmp_path / "status.json", tmp_path / "pid"
+    # No --dir in CMD: `run` passes PORTLEASE_DIR, so CMD's own `portlease status` sees this registry.
     code = main([*common, "run", "--", "sh", "-c",
-                 f'"$0" {" ".join(common)} --json status > {out}', os.fspath(SCRIPT)])
+                 f'echo $$ > {pid}; "$0" --json status > {out}', os.fspath(SCRIPT)])
     assert code == 0
     (lease,) = json.loads(out.read_text())["leases"]
+    assert json.loads(out.read_text())["directory_source"] == "PORTLEASE_DIR"
     assert lease["state"] == "live"
-    assert lease["owner"]["pid"] == os.getpid()  # in-process: `run` is this very process
+    # CMD, not `run`: if `run` is killed, the lease lives as long as CMD does.
+    assert lease["owner"]["pid"] == int(pid.read_text())
     assert lease["label"] == "portlease run sh"
     assert status(lease_dir) == []
 
@@ -200,22 +203,6 @@ def test_a_long_run_with_a_short_ttl_keeps_its_lease(
     assert status(lease_dir) == []
 
 
-def test_a_killed_run_is_reclaimed_as_a_dead_owner(
-    spawn: Callable[..., subprocess.Popen[str]], lease_dir: Path, tmp_path: Path
-) -> None:
-    pid_file = tmp_path / "cmd.pid"
-    run = spawn("--ttl", "600", "--", "sh", "-c", f"echo $$ > {pid_file}; exec sleep 60")
-    wait_for(lambda: pid_file.exists() and pid_file.read_text().strip())
-    assert [x.state for x in status(lease_dir)] == ["live"]
-    run.kill()
-    run.wait()
-    os.kill(int(pid_file.read_text()), signal.SIGKILL)  # CMD, orphaned; init reaps it
-    assert [x.state for x in status(lease_dir)] == ["dead owner"]
-    with PortLeaser(lease_dir, ttl=5) as leaser:
-        mine = leaser.lease(1)  # any lease reclaims the dead owner's range first
-        assert [(i.base, i.pid) for i in leaser.status()] == [(mine.base, os.getpid())]
-
-
 def test_example_http_server(
     spawn: Callable[..., subprocess.Popen[str]], lease_dir: Path, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -249,3 +236,38 @@ def test_example_http_server(
     assert run.returncode == 128 + signal.SIGTERM  # the server died of the forwarded SIGTERM
     assert f"on http://127.0.0.1:{lease.base}/" in err
     assert status(lease_dir) == []
+
+
+def test_placeholders_name_the_ports_without_a_shell(
+    common: list[str], lease_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "argv.json"
+    code = main([*common, "run", "-n", "3", "--", sys.executable, "-c",
+                 "import json, os, sys; json.dump([sys.argv[1:], os.environ['PORTLEASE_DIR']], "
+                 f"open({str(out)!r}, 'w'))",
+                 "{port}", "--peer={port2}", "{ports}", "{{port}}", "{portx}", "{}", "{port0}{port1}"])
+    assert code == 0
+    argv, env_dir = json.loads(out.read_text())
+    base = int(argv[0])
+    assert argv[1:] == [f"--peer={base + 2}", f"{base},{base + 1},{base + 2}", "{port}", "{portx}",
+                        "{}", f"{base}{base + 1}"]
+    assert env_dir == os.fspath(lease_dir)  # run --dir X passes PORTLEASE_DIR=X
+    assert status(lease_dir) == []
+
+
+def test_a_placeholder_past_the_block_is_bad_usage(
+    common: list[str], lease_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*common, "run", "-n", "2", "--", "echo", "{port2}"]) == 2
+    assert capsys.readouterr().err == (
+        "portlease: error: invalid placeholder {port2} in CMD's arguments: -n 2 leases {port0} to "
+        "{port1}; lease more ports with -n, or write {{port2}} for the literal text\n"
+    )
+    assert status(lease_dir) == []
+
+
+def test_run_help_shows_placeholders_first() -> None:
+    done = subprocess.run([os.fspath(SCRIPT), "run", "--help"], capture_output=True, text=True, check=True)
+    text = " ".join(done.stdout.split())
+    assert text.index("{port}") < text.index("sh -c 'exec python -m http.server $PORTLEASE_PORT'")
+    assert "portlease run -n 2 -- python -m http.server {port}" in text
