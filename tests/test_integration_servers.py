@@ -17,10 +17,10 @@ import pytest
 
 from pytest_portlease import PortLeaser, PortUnavailable, get_port
 from pytest_portlease._config import PortRange
+from pytest_portlease._state import STATE_NAME
 from pytest_portlease.patches import port_for as _portfor
 from pytest_portlease.patches._hook import use_session_leaser
 from pytest_portlease.patches.port_for import select_random
-from pytest_portlease._state import STATE_NAME
 
 pg_process = pytest.importorskip("pytest_postgresql.factories.process")
 redis_proc = pytest.importorskip("pytest_redis.factories.proc")

@@ -111,7 +111,14 @@ def test_the_patch_is_undone_at_the_session_end(pytester: pytest.Pytester, portl
     # In-process, the outer test sees what the nested session left behind.
     pytester.syspathinsert()
     pytester.makepyfile(undo_user=USER_MODULE)
-    pytester.makepyfile(test_one="import undo_user\ndef test_one(): assert undo_user.renamed.__module__ == 'pytest_portlease.patches.port_for'\n")
+    pytester.makepyfile(
+        test_one="""
+        import undo_user
+
+        def test_one():
+            assert undo_user.renamed.__module__ == "pytest_portlease.patches.port_for"
+        """
+    )
     original = port_for.api.get_port
     undo_user = importlib.import_module("undo_user")  # loaded before the session: it is rebound
     finders = list(sys.meta_path)
@@ -184,11 +191,9 @@ def test_nothing_to_lease_is_also_a_port_for_exception(
         with PortLeaser(lease_dir, port_range=port_range) as other:
             other.lease(1, port=window.low)
             other.lease(1, port=window.high)
+            spec = (window.low, window.high) if kind == "exhausted" else window.low
             with pytest.raises(port_for.PortForException) as caught:
-                if kind == "exhausted":
-                    get_port((window.low, window.high))
-                else:
-                    get_port(window.low)
+                get_port(spec)
     finally:
         restore()
     error = caught.value

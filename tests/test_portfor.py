@@ -29,10 +29,10 @@ from pytest_portlease import (
     get_port,
 )
 from pytest_portlease._config import PortRange
-from pytest_portlease.patches import port_for as _portfor
-from pytest_portlease.patches.port_for import select_random
-from pytest_portlease.patches._hook import use_session_leaser
 from pytest_portlease._state import STATE_NAME
+from pytest_portlease.patches import port_for as _portfor
+from pytest_portlease.patches._hook import use_session_leaser
+from pytest_portlease.patches.port_for import select_random
 
 # A worker's slice of the test suite may lie in the ephemeral range; that warning is not the
 # subject here.
