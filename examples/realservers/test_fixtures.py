@@ -1,6 +1,7 @@
 """pytest-postgresql's and pytest-redis's own fixtures, used as their documentation shows.
 
-With --portlease-patch=all (or its alias --portlease-patch-port-for) their servers run on leased ports: nothing here changes.
+With --portlease-patch=all (or its alias --portlease-patch-port-for) their servers run on
+leased ports: nothing here changes.
 """
 
 from __future__ import annotations
