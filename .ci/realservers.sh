@@ -113,7 +113,10 @@ fi
 WORK=$(mktemp -d /tmp/portlease-realservers.XXXXXX)
 is_root && chown postgres: "$WORK"
 RECORD=$WORK/record.jsonl
-args=(-m pytest examples/realservers -n "$WORKERS" -q -rs "--portlease-range=$RANGE")
+# MariaDB's install_db runs as --user=<mysql user> and makes that account (unix_socket auth) and a
+# `test` database of its own: the runner's name and another database name.
+args=(-m pytest examples/realservers -n "$WORKERS" -q -rs "--portlease-range=$RANGE"
+      "--mysql-user=$RUNNER" --mysql-dbname=portlease)
 extra_env=(REALSERVERS_PINNED="$PINNED")
 if [[ $MODE == off ]]; then
     extra_env+=(REALSERVERS_PORTS="$RANGE")  # port-for chooses from the same ports
