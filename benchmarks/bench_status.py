@@ -9,7 +9,8 @@ so building it takes milliseconds and probes no port. Its leases are a realistic
 (owned by this benchmark process), some foreign (no owner, as fedimint-portalloc writes them),
 some expired, some whose owner is dead.
 
-Run: ``python benchmarks/bench_status.py [--leases 1000] [--runs 15]``
+Run: ``python benchmarks/bench_status.py [--leases 1000] [--runs 15] [--check]``; it exits 0
+whatever the figures, and 1 with ``--check`` when the target is missed.
 """
 
 from __future__ import annotations
@@ -84,6 +85,8 @@ def time_once(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--leases", type=int, default=1000)
+    parser.add_argument("--target-ms", type=float, default=TARGET_MS, help="the median to meet")
+    parser.add_argument("--check", action="store_true", help="exit 1 when the target is missed (else always 0)")
     parser.add_argument("--runs", type=int, default=15)
     args = parser.parse_args()
     script = Path(sys.executable).parent / "portlease"
@@ -126,9 +129,9 @@ def main() -> int:
         if (directory / STATE_NAME).read_bytes() != before:
             raise SystemExit("status changed the state file")
     status = medians[cases[2][0]]
-    verdict = "meets" if status <= TARGET_MS else "misses"
-    print(f"\nportlease status: median {status:.1f} ms, {verdict} the {TARGET_MS:.0f} ms target")
-    return 0 if status <= TARGET_MS else 1
+    verdict = "meets" if status <= args.target_ms else "misses"
+    print(f"\nportlease status: median {status:.1f} ms, {verdict} the {args.target_ms:g} ms target")
+    return 1 if args.check and status > args.target_ms else 0  # a benchmark reports; --check judges
 
 
 if __name__ == "__main__":

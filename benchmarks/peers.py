@@ -504,6 +504,9 @@ class DupResult:
     dup_pairs: int  # overlapping (grant, grant) pairs from different processes
     self_pairs: int  # overlapping pairs within one process (not duplicates; informative)
     elapsed_s: float  # from the start signal to the last worker's report
+    call_us: tuple[float, ...] = ()  # microseconds of each acquire (one per grant, not per port)
+    per_proc_calls: tuple[int, ...] = ()  # successful acquires of each worker
+    per_proc_s: tuple[float, ...] = ()  # each worker's first acquire called to last returned
 
     @property
     def dups(self) -> int:
@@ -718,6 +721,15 @@ def duplicate_test(
         reports.join_thread()
 
     dup_ports, dup_pairs, self_pairs = count_duplicates(grants)
+    calls_seen = {(g.proc, g.t_start_ns): (g.t_end_ns - g.t_start_ns) / 1000 for g in grants}
+    per_proc = [0] * procs
+    first = [math.inf] * procs
+    last = [0.0] * procs
+    for g in grants:
+        first[g.proc] = min(first[g.proc], g.t_start_ns)
+        last[g.proc] = max(last[g.proc], g.t_end_ns)
+    for proc, _ in calls_seen:
+        per_proc[proc] += 1
     return DupResult(
         peer=peer.name,
         procs=procs,
@@ -730,6 +742,9 @@ def duplicate_test(
         dup_pairs=dup_pairs,
         self_pairs=self_pairs,
         elapsed_s=max(0, t_last - t_go) / 1e9,
+        call_us=tuple(calls_seen.values()),
+        per_proc_calls=tuple(per_proc),
+        per_proc_s=tuple(max(0.0, (b - a) / 1e9) if a != math.inf else 0.0 for a, b in zip(first, last, strict=True)),
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -10,14 +11,14 @@ import sys
 import threading
 import time
 import warnings
-import weakref
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Final
+from typing import Final, TypeVar
 
-from . import _lock, _owner, _probe, _state
+from . import _clock, _heartbeat, _lock, _owner, _probe
+from ._block import LeaseStats as LeaseStats  # re-exported: older imports name _leaser
+from ._block import PortBlock as PortBlock
 from ._config import (
     PortRange,
     Resolved,
@@ -33,7 +34,6 @@ from ._status import LeaseInfo, read_status, reclaim
 from ._store import Store, inject
 from .errors import (
     InvalidArgument,
-    LockTimeout,
     PortleaseError,
     PortleaseWarning,
     PortRangeExhausted,
@@ -47,41 +47,11 @@ THIS_PROCESS: Final = 0
 #: Linux keeps a connection in TIME_WAIT for TCP_TIMEWAIT_LEN, 60 s, not tunable.
 _TW_END: Final = "which ends within 60 s; a server can bind over it only if the closed socket set SO_REUSEADDR"
 
+_T = TypeVar("_T")
+# Transactions run again when the lock file is replaced under them; a file replaced that often
+# is a bug of its own, which the last attempt then reports.
+_RETRIES = 5
 
-
-@dataclass(frozen=True)
-class PortBlock:
-    """A leased block of consecutive ports ``base .. base + size - 1``."""
-
-    base: int
-    size: int
-    label: str = ""
-    ports: tuple[int, ...] = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "ports", tuple(range(self.base, self.base + self.size)))
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.ports)
-
-    def __getitem__(self, index: int) -> int:
-        return self.ports[index]
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __contains__(self, port: object) -> bool:
-        return port in self.ports
-
-    def __str__(self) -> str:
-        return str(self.base) if self.size == 1 else f"{self.base}-{self.base + self.size - 1}"
-
-    def env(self, prefix: str = "PORTLEASE") -> dict[str, str]:
-        """``{PREFIX_PORT, PREFIX_PORT_0.., PREFIX_PORTS}`` for a child process or compose file."""
-        env = {f"{prefix}_PORT": str(self.base)}
-        env.update({f"{prefix}_PORT_{i}": str(port) for i, port in enumerate(self.ports)})
-        env[f"{prefix}_PORTS"] = ",".join(map(str, self.ports))
-        return env
 
 
 def _holder(entry: Entry) -> str:
@@ -142,15 +112,30 @@ class PortLeaser:
         self.stats = LeaseStats()
         self._held: dict[int, tuple[PortBlock, float]] = {}  # base -> (block, ttl)
         self._mutex = threading.RLock()
-        self._lock_fd: int | None = None
-        self._lock_closer: weakref.finalize[[int, int], PortLeaser] | None = None
-        self._lock_pid = 0
+        self._lock = self._new_lock()
         self._closed = False
-        self._stop = threading.Event()
-        self._kick = threading.Event()  # wakes the heartbeat to recompute its interval
-        self._heartbeat: threading.Thread | None = None
+        self._heartbeat: _heartbeat.Heartbeat | None = None
+        self._heartbeat_wanted = False  # a forked child starts it at its first lease
+        _heartbeat.track(self)
         if heartbeat:
             self.start_heartbeat()
+
+    def _new_lock(self) -> _lock.DirLock:
+        return _lock.DirLock(
+            self.store.lock_path, self.store.open_lock, lambda: self.store.prepare(again=True)
+        )
+
+    def after_fork_in_child(self) -> None:
+        """A fresh start in a forked child (see ``_heartbeat``): a new mutex, our own lock
+        descriptor, none of the parent's leases, and a heartbeat if the parent ran one."""
+        self._mutex = threading.RLock()
+        self._lock.forget_after_fork()
+        self._lock = self._new_lock()
+        self.store.invalidate()  # the parent may have been half-way through changing it
+        self._held = {}
+        self.stats = LeaseStats()
+        self._heartbeat_wanted = self._heartbeat is not None or self._heartbeat_wanted
+        self._heartbeat = None
 
     @property
     def directory(self) -> Path:
@@ -177,41 +162,69 @@ class PortLeaser:
         """Lock, load the state, let the caller change it, save it if changed: one lock
         round-trip. The low-level door for tools that edit leases they do not hold (the CLI's
         release, renew and reclaim) or keep files of their own beside the state (the plugin's
-        named-block memory)."""
+        named-block memory).
+
+        Raises ``_lock.Replaced`` when the lock file was replaced during the transaction and the
+        state changed meanwhile: nothing was written, and the body may be run again.
+        """
         with self._mutex:
             if self._closed:
                 raise PortleaseError("this PortLeaser is closed; create a new one")
             inject("before-lock")
             self.store.prepare()
             waited = time.perf_counter()
-            self._acquire()
+            if self._lock.acquire(self.lock_timeout):
+                # Written meanwhile by processes that locked another inode: nothing cached holds.
+                self.store.invalidate()
             self.stats.lock_wait += time.perf_counter() - waited
             log.debug("locked %s after %.6fs", self.store.lock_path, time.perf_counter() - waited)
             try:
                 inject("locked")
                 state = self.store.load()
+                self._restore_owners(state)
                 yield state
                 if state.dirty:
+                    self._still_locked()
                     self.store.save(state)
                     state.dirty = False
             except BaseException:
                 self.store.invalidate()
                 raise
             finally:
-                _lock.unlock(self._lock_fd)  # type: ignore[arg-type]  # set by _acquire
+                self._lock.release()
 
-    def _acquire(self) -> None:
-        # filelock's native lock on a descriptor we keep open: re-opening the file for every
-        # acquisition (as FileLock does) costs more than the rest of a lease. flock belongs to
-        # the open file description, which a forked child shares: a child opens its own.
-        if self._lock_fd is None or self._lock_pid != os.getpid():
-            self._lock_fd = self.store.open_lock()
-            self._lock_pid = os.getpid()
-            # A leaser dropped without close() must not leak its descriptor.
-            self._lock_closer = weakref.finalize(self, _lock.close_quietly, self._lock_fd, self._lock_pid)
-        if not _lock.poll_lock(self._lock_fd, self.lock_timeout):
-            pid = _owner.lock_holder_pid(self.store.lock_path)
-            raise LockTimeout(os.fspath(self.store.lock_path), self.lock_timeout, pid)
+    def _still_locked(self) -> None:
+        # The lock file removed or replaced while we held it: others may be in a transaction
+        # now, on the new file. Lock that one too; our changes stand only if nobody wrote the
+        # state since we read it.
+        if self._lock.is_current():
+            return
+        self._lock.release()
+        self._lock.acquire(self.lock_timeout)
+        if self.store.read_bytes() != self.store.loaded_bytes:
+            raise _lock.Replaced(
+                f"the lock file {self.store.lock_path} was replaced while this process held it, "
+                f"and the state changed meanwhile; nothing was written: retry"
+            )
+
+    def _transact(self, body: Callable[[State], _T]) -> _T:
+        """``body`` in a transaction, run again when the lock file was replaced under it."""
+        for _ in range(_RETRIES):
+            try:
+                with self.transaction() as state:
+                    return body(state)
+            except _lock.Replaced:
+                continue
+        with self.transaction() as state:
+            return body(state)
+
+    def _restore_owners(self, state: State) -> None:
+        # fedimint-portalloc drops our owner when it rewrites the file; until it is back, a
+        # crash of ours is freed only by the TTL. Every transaction puts back the ones we hold.
+        for base, (block, _) in self._held.items():
+            entry = state.entries.get(base)
+            if entry is not None and entry.owner is None and entry.size == block.size:
+                state.add(dataclasses.replace(entry, owner=self._owner(block.label)))
 
     # -- leasing -------------------------------------------------------------------------------
 
@@ -245,24 +258,35 @@ class PortLeaser:
         else:
             self._warn_ephemeral(rng)
         full_label = " ".join(x for x in (self.label, label) if x)
-        with self._mutex, self.transaction() as state:
-            now = time.time()
-            reclaim(state, now)
-            if port is None:
-                base = self._next_fit(state, rng, size, None if port_range is None else "argument")
-                # Past the block, or back to the start: fedimint-portalloc reads `next` as a u16.
-                state.next = base + size if base + size <= rng.high else rng.low
-            else:
-                base = self._exact(state, port, size)
+
+        def body(state: State) -> int | PortleaseError:
+            now = _clock.now()
+            reclaim(state, now, lease_ttl)
+            try:
+                if port is None:
+                    base = self._next_fit(state, rng, size, None if port_range is None else "argument")
+                    # Past the block, or back to the start: fedimint-portalloc reads `next` as a u16.
+                    state.next = base + size if base + size <= rng.high else rng.low
+                else:
+                    base = self._exact(state, port, size)
+            except (PortRangeExhausted, PortUnavailable) as refused:
+                return refused  # raised once reclaim's changes (alive owners extended) are saved
             owner = self._owner(full_label)
             state.add(Entry(base, size, math.ceil(now + lease_ttl), owner))
-        # Held only once the state is saved: a failed save must not leave a lease to renew.
-        block = PortBlock(base, size, full_label)
+            return base
+
         with self._mutex:
+            base = self._transact(body)
+            if isinstance(base, PortleaseError):
+                raise base
+            # Held only once the state is saved: a failed save must not leave a lease to renew.
+            block = PortBlock(base, size, full_label)
             self._held[base] = (block, lease_ttl)
             self.stats.add(block, time.perf_counter() - started)
-        if lease_ttl < self.ttl:
-            self._kick.set()  # the heartbeat may be waiting longer than this lease lives
+            if self._heartbeat_wanted and self._heartbeat is None:
+                self.start_heartbeat()  # a forked child's, now that it has a lease to renew
+            if lease_ttl < self.ttl and self._heartbeat is not None:
+                self._heartbeat.kick()  # it may be waiting longer than this lease lives
         log.debug("leased %s for %gs as %r", block, lease_ttl, full_label)
         return block
 
@@ -378,10 +402,13 @@ class PortLeaser:
             if base not in self._held:
                 return False
             block, _ = self._held[base]
-            with self.transaction() as state:
+
+            def body(state: State) -> None:
                 entry = state.entries.get(base)
                 if entry is not None and self._is_mine(entry, block):
                     state.remove(base)
+
+            self._transact(body)
             del self._held[base]
         log.debug("released %s", block)
         return True
@@ -398,11 +425,14 @@ class PortLeaser:
         with self._mutex:
             if not self._held:
                 return
-            with self.transaction() as state:
+
+            def body(state: State) -> None:
                 for base, (block, _) in self._held.items():
                     entry = state.entries.get(base)
                     if entry is not None and self._is_mine(entry, block):
                         state.remove(base)
+
+            self._transact(body)
             self._held.clear()
 
     def _is_mine(self, entry: Entry, block: PortBlock) -> bool:
@@ -420,23 +450,29 @@ class PortLeaser:
         A range dropped from the file (by fedimint-portalloc, or reclaimed after a long stall) is
         restored when its ports are still free of other leases; otherwise it is lost.
         """
-        lost: list[PortBlock] = []
         with self._mutex:
             if not self._held:
-                return lost
-            with self.transaction() as state:
-                now = time.time()
-                for base, (block, ttl) in list(self._held.items()):
+                return []
+
+            def body(state: State) -> list[PortBlock]:
+                lost = []
+                now = _clock.now()
+                for base, (block, ttl) in self._held.items():
                     entry = state.entries.get(base)
-                    if entry is not None and not self._is_mine(entry, block):
-                        entry = None
+                    taken = (
+                        not self._is_mine(entry, block)
+                        if entry is not None
+                        else state.conflict(base, block.ports[-1]) is not None
+                    )
+                    if taken:
                         lost.append(block)
-                    elif entry is None and state.conflict(base, block.ports[-1]) is not None:
-                        lost.append(block)
-                    if block in lost:
-                        del self._held[base]
-                        continue
-                    state.add(Entry(base, block.size, math.ceil(now + ttl), self._owner(block.label)))
+                    else:
+                        state.add(Entry(base, block.size, math.ceil(now + ttl), self._owner(block.label)))
+                return lost
+
+            lost = self._transact(body)
+            for block in lost:
+                del self._held[block.base]
         for block in lost:
             log.warning("lease %s was taken over by another holder while we held it", block)
         return lost
@@ -466,23 +502,7 @@ class PortLeaser:
         """Renew this leaser's leases every ttl/3 from a daemon thread, until ``close()``."""
         with self._mutex:
             if self._heartbeat is None and not self._closed:
-                self._heartbeat = threading.Thread(
-                    target=self._beat, name="portlease-heartbeat", daemon=True
-                )
-                self._heartbeat.start()
-
-    def _beat(self) -> None:
-        # A warning raised here would land on whatever test runs now, or, under -W error, abort
-        # the renewal: the heartbeat logs its warnings instead.
-        _state.log_warnings_in_this_thread()
-        while not self._stop.is_set():
-            if self._kick.wait(self._beat_interval()):
-                self._kick.clear()
-                continue  # a shorter TTL arrived (or close): wait again, for the new interval
-            try:
-                self.renew()
-            except Exception as e:  # the heartbeat must outlive a stalled lock or a bad file
-                log.warning("could not renew leases: %s", e)
+                self._heartbeat = _heartbeat.Heartbeat(self.renew, self._beat_interval)
 
     def _beat_interval(self) -> float:
         with self._mutex:
@@ -491,20 +511,29 @@ class PortLeaser:
 
     def close(self) -> None:
         """Stop the heartbeat and release every lease. Final: the leaser cannot lease again."""
-        self._stop.set()
-        self._kick.set()
-        if self._heartbeat is not None and self._heartbeat is not threading.current_thread():
-            self._heartbeat.join()
+        heartbeat = self._heartbeat
+        if heartbeat is not None:
+            heartbeat.stop()
         with self._mutex:
             if self._closed:
                 return
             try:
                 self.release_all()
+                self._discard_temp()
             finally:
                 self._closed = True
-                if self._lock_closer is not None:
-                    self._lock_closer()
-                self._lock_fd = None
+                self._lock.close()
+
+    def _discard_temp(self) -> None:
+        # Our last write kept the old state under our temp name for the next one; a closed
+        # leaser writes no more. Only if the lock is free right now: close() must not wait, and
+        # a temp left behind is removed by the first writer that sees us dead.
+        if not self._lock.try_acquire():
+            return
+        try:
+            self.store.discard_temp()
+        finally:
+            self._lock.release()
 
     def __enter__(self) -> PortLeaser:
         return self
@@ -519,21 +548,6 @@ class PortLeaser:
 
     def __repr__(self) -> str:
         return f"PortLeaser({os.fspath(self.directory)!r}, port_range='{self.port_range}', ttl={self.ttl:g})"
-
-
-@dataclass
-class LeaseStats:
-    """What a leaser did: blocks and ports leased, seconds spent leasing and waiting for the lock."""
-
-    blocks: int = 0
-    ports: int = 0
-    seconds: float = 0.0
-    lock_wait: float = 0.0
-
-    def add(self, block: PortBlock, seconds: float) -> None:
-        self.blocks += 1
-        self.ports += block.size
-        self.seconds += seconds
 
 
 @contextlib.contextmanager

@@ -89,12 +89,28 @@ def namespace() -> str:
     A pid only names the same process to two observers that share the boot (pids restart at boot)
     and the PID namespace (containers renumber pids).
     """
+    if not proc_is_ours():
+        return ""
     boot = _read("/proc/sys/kernel/random/boot_id")
     try:
         pidns = os.stat("/proc/self/ns/pid").st_ino
     except OSError:
         return ""
     return f"{boot.strip()}/{pidns}" if boot else ""
+
+
+def proc_is_ours() -> bool:
+    """Whether /proc describes our own PID namespace.
+
+    A process in a PID namespace that mounts no /proc of its own (``unshare --pid --fork``
+    without ``--mount-proc``, some containers) sees the host's: /proc/self resolves to its pid
+    in the host's namespace, and /proc/<pid> of a pid of ours is some other process, or none.
+    There, no owner can be checked at all.
+    """
+    try:
+        return os.readlink("/proc/self") == str(os.getpid())
+    except OSError:
+        return False
 
 
 @cache
@@ -119,8 +135,8 @@ def process_start(pid: int) -> int | None:
 
 def owner_for(pid: int | None, label: str) -> Owner:
     """An owner record for ``pid`` on this host (None: the lease has no owning process)."""
-    if pid is None:
-        start = None
+    if pid is None or not namespace():
+        start = None  # nothing to check it with: /proc would name another process
     elif pid == os.getpid():
         start = _own_start(pid)
     else:
@@ -149,20 +165,46 @@ def process_state(process: Process) -> str:
 
 
 def lock_holder_pid(lock_path: Path) -> int | None:
-    """The pid holding a flock on ``lock_path``, read from /proc/locks (Linux), else None.
+    """The pid holding a flock on ``lock_path``, read from /proc/locks (Linux), else None."""
+    return lock_holders(lock_path)[0]
 
-    /proc/locks prints ``FLOCK ADVISORY WRITE <pid> <major>:<minor>:<inode>``, the device in hex.
+
+def lock_holders(lock_path: Path) -> tuple[int | None, list[int]]:
+    """The pid holding a flock on ``lock_path`` and the pids blocked waiting for it (Linux).
+
+    /proc/locks prints ``1: FLOCK ADVISORY WRITE <pid> <major>:<minor>:<inode> 0 EOF`` for a
+    lock, and the same after ``1: ->`` for each process blocked on it; the device is in hex.
     """
     try:
         st = os.stat(lock_path)
     except OSError:
-        return None
+        return None, []
     text = _read("/proc/locks")
     if not text:
-        return None
+        return None, []
     want = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    holder: int | None = None
+    waiters: list[int] = []
     for line in text.splitlines():
         parts = line.split()
-        if "FLOCK" in parts and "->" not in parts and len(parts) >= 6 and parts[5] == want:
-            return int(parts[4])
-    return None
+        blocked = "->" in parts
+        if blocked:
+            parts.remove("->")
+        if "FLOCK" in parts and len(parts) >= 6 and parts[5] == want and parts[4].isdigit():
+            if blocked:
+                waiters.append(int(parts[4]))
+            elif holder is None:
+                holder = int(parts[4])
+    return holder, waiters
+
+
+def describe_process(pid: int) -> tuple[str | None, str | None]:
+    """The command line of ``pid`` (shortened) and its state letter (proc(5): R running,
+    S sleeping, D disk wait, T stopped, t traced), each None where /proc does not say."""
+    raw = _read(f"/proc/{pid}/cmdline")
+    cmd = " ".join(raw.split("\0")).strip() if raw else None
+    if cmd and len(cmd) > 120:
+        cmd = cmd[:117] + "..."
+    stat = _read(f"/proc/{pid}/stat")
+    fields = stat[stat.rfind(")") + 2 :].split() if stat else []
+    return cmd or None, fields[0] if fields else None

@@ -2,13 +2,17 @@
 
 Writes go to a temp file in the same directory and are swapped in atomically, so that at every
 instant the state file is complete; a symlink planted at one of our names is replaced, never
-followed. Reads reuse what the last read or write already knows (see ``Store.load``).
+followed. The file the swap takes out stays under the writer's temp name and is rewritten in
+place by its next write, which so creates no inode (see ``Store._write_new``); a reader outside
+the lock reads under a shared flock of the file it opened (``Store.read_unlocked``). Reads reuse
+what the last read or write already knows (see ``Store.load``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import stat
 import time
@@ -51,6 +55,7 @@ class Store:
         self._state_b = os.fsencode(self.state_path)
         self._temp_b = b""
         self._temp_pid = 0
+        self._temp_kept = False  # the last write left the swapped-out file under our temp name
         self.file_mode = 0o600
         self._prepared = False
         self._bytes: bytes | None = None
@@ -69,9 +74,12 @@ class Store:
             f"lease directory {self.directory} from {self.source} {what}{detail}: {fix}"
         )
 
-    def prepare(self) -> None:
-        """Create the directory (0o700) if needed, and make sure the lock is a regular file."""
-        if self._prepared:
+    def prepare(self, *, again: bool = False) -> None:
+        """Create the directory (0o700) if needed, and make sure the lock is a regular file.
+
+        ``again``: the lock file was found removed or replaced, and the directory may be gone too.
+        """
+        if self._prepared and not again:
             return
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -116,17 +124,29 @@ class Store:
             raise self._fail("cannot open its lock file", "make the directory writable", e) from None
 
     def _remove_stale_temps(self) -> None:
-        # Every writer writes under the lock, so any temp file seen while we hold it is left
-        # over from a writer that died (SIGKILL between writing and renaming). Looked for at
-        # the first write and then every few seconds, to keep a directory scan off the hot path.
+        # A live writer keeps the file its last exchange took out under its temp name, to
+        # rewrite it next time; a dead writer's temp (SIGKILL at any point, torn or not) is
+        # stale, and so is anything at such a name that is not a regular file. Every writer
+        # writes under the lock, so no temp changes while we look. Looked for at the first write
+        # and then every few seconds, to keep a directory scan off the hot path.
         if time.monotonic() < self._next_sweep:
             return
         self._next_sweep = time.monotonic() + SWEEP_INTERVAL
         with contextlib.suppress(OSError), os.scandir(self.directory) as it:
             for item in it:
-                if item.name.startswith(TEMP_PREFIX) and item.name != self._temp_name():
-                    with contextlib.suppress(OSError):
+                name = item.name
+                if not name.startswith(TEMP_PREFIX) or name == self._temp_name():
+                    continue
+                with contextlib.suppress(OSError):
+                    if not item.is_file(follow_symlinks=False) or not _alive(name[len(TEMP_PREFIX) :]):
                         os.unlink(item.path)
+
+    def discard_temp(self) -> None:
+        """Remove the file our last write left under our temp name (the caller holds the lock)."""
+        if self._temp_kept and self._temp_pid == os.getpid():
+            self._temp_kept = False
+            with contextlib.suppress(OSError):
+                os.unlink(self._temp_b)
 
     def _temp_name(self) -> str:
         return f"{TEMP_PREFIX}{os.getpid()}"
@@ -135,18 +155,45 @@ class Store:
 
     def read_bytes(self) -> bytes:
         """The state file's bytes; b"" when it is missing. A symlink is not followed."""
+        fd = self._open_state()
+        return b"" if fd is None else _read_all(fd)
+
+    def _open_state(self) -> int | None:
         try:
-            fd = _open_regular(self._state_b)
+            return _open_regular(self._state_b)
         except FileNotFoundError:
-            return b""
+            return None
         except OSError as e:
             if e.errno == errno.ELOOP:
                 _warn_once(f"{self.state_path} is a symbolic link; it is ignored and will be replaced")
-                return b""
+                return None
             if e.errno == errno.EISDIR:  # what _open_regular says of any other kind of file
                 raise self._fail(f"holds a {STATE_NAME} that is not a file", "remove it") from None
             raise self._fail("has an unreadable state file", "check its permissions", e) from None
-        return _read_all(fd)
+
+    def read_unlocked(self) -> bytes:
+        """The state file's bytes for a reader that may not hold the lock (``status``).
+
+        A writer rewrites a file in place only while it holds an exclusive flock on it, and only
+        a file the state's name no longer names (see ``_write_new``). So a file we hold a shared
+        flock on, and that the state's name still names, is complete and stays so until we close
+        it. Anything else means a writer moved on since our open: open the new state.
+        """
+        for _ in range(_READ_ATTEMPTS):
+            if (fd := self._open_state()) is None:
+                return b""
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                opened, named = os.fstat(fd), os.lstat(self._state_b)
+            except OSError:  # EWOULDBLOCK: being rewritten; ENOENT: renamed away since the open
+                os.close(fd)
+                continue
+            if (opened.st_ino, opened.st_dev) == (named.st_ino, named.st_dev):
+                return _read_all(fd)  # closing the descriptor drops the flock
+            os.close(fd)
+        raise self._fail(
+            f"has a {STATE_NAME} that changed under each of {_READ_ATTEMPTS} reads", "try again"
+        )
 
     def load(self, *, repair: bool = True) -> State:
         """The current state. ``repair``: back up and warn about what had to be dropped."""
@@ -254,45 +301,93 @@ class Store:
             return b""
         return _read_all(fd)
 
+    @property
+    def loaded_bytes(self) -> bytes | None:
+        """The bytes of the state as last read or written, None when nothing is cached."""
+        return self._bytes
+
     def invalidate(self) -> None:
         """Forget the cached state (after a failure left it out of step with the file)."""
         self._bytes = self._state = self._lines_of_state = None
 
     def _write_new(self, path: Path | bytes, data: bytes) -> None:
-        # A temp file in the same directory, then an atomic rename: at every instant ``path``
-        # names either the old complete file or the new one, and a crash leaves at worst a
-        # stale temp file that the next writer removes.
+        # A complete file under our temp name in the same directory, then an atomic swap: at
+        # every instant ``path`` names either the old complete file or the new one, and a crash
+        # leaves at worst a stale temp file that the next writer's sweep removes.
         #
         # Speed: when rename(2) replaces an existing file, ext4 (auto_da_alloc) starts writeback
         # of the new file's data first, costing 150-220 us here. renameat2(RENAME_EXCHANGE)
-        # swaps the two names atomically without that flush (about 35 us); the old file, now
-        # under the temp name, is then unlinked. Where the call is missing or refused (not
-        # Linux, or a file system without it), os.replace gives the same guarantee, more slowly.
+        # swaps the two names atomically without that flush (about 35 us). The old file, now
+        # under the temp name, is kept and rewritten by our next write: creating an inode costs
+        # 7-17 us, and 0.1-15 ms in an ext4 block group where a neighbour churns files (its
+        # allocator searches for a free inode), which is most of a lease in /tmp on CI.
+        # Where the call is missing or refused (not Linux, or a file system without it),
+        # os.replace gives the same guarantee, more slowly, and leaves nothing to keep.
         if self._temp_pid != os.getpid():  # named with our pid: recomputed in a forked child
             self._temp_b = os.fsencode(self.directory / self._temp_name())
             self._temp_pid = os.getpid()
+            self._temp_kept = False
         temp, path = self._temp_b, os.fsencode(path)
-        fd = self._create(temp, replace=True)
+        fd = self._open_kept(temp)
+        reused = fd is not None
+        if fd is None:
+            fd = self._create(temp, replace=True)
+        self._temp_kept = False
         try:
             try:
-                self._fill(fd, data)
+                self._fill(fd, data, truncate=reused)
             finally:
-                os.close(fd)
+                os.close(fd)  # drops the flock _open_kept took: the file is complete
             inject("temp-written")
             inject("before-replace")
-            if not _exchange(temp, path):
+            self._temp_kept = _exchange(temp, path)
+            if not self._temp_kept:
                 os.replace(temp, path)
             inject("after-replace")
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temp)
+            if not self._temp_kept:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temp)
 
-    def _fill(self, fd: int, data: bytes) -> None:
-        if self.file_mode != 0o600:
+    def _open_kept(self, temp: bytes) -> int | None:
+        """The file our last exchange left under ``temp``, opened to be rewritten, when nobody
+        can be reading it; None when there is none or it is not safe to rewrite.
+
+        The file was the state until that exchange, so a reader outside the lock may still hold
+        it open. Such a reader holds a shared flock on it while it reads (``read_unlocked``);
+        our exclusive flock, held until the file is complete again, excludes it, and
+        LOCK_NB turns its presence into "write a new file" instead of a wait. A second link
+        (someone's hard link to the state) is another way to read it: leave that file alone.
+        """
+        if not self._temp_kept:
+            return None
+        try:
+            # O_NONBLOCK: a FIFO planted at our name must not hang the writer (ENXIO instead).
+            fd = os.open(temp, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError:
+            return None  # gone (a sweep of a process in another PID namespace), or a symlink
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if stat.S_IMODE(st.st_mode) != self.file_mode:
+                    os.fchmod(fd, self.file_mode)  # the directory became group-shared since
+                return fd
+        except OSError:
+            pass  # EWOULDBLOCK: a reader holds it; EPERM: another user's file
+        os.close(fd)
+        return None
+
+    def _fill(self, fd: int, data: bytes, *, truncate: bool = False) -> None:
+        if not truncate and self.file_mode != 0o600:
             os.fchmod(fd, self.file_mode)  # the umask must not take the group's bits away
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
+        if truncate:
+            # After the write, not before: the file's blocks stay allocated, and what is cut
+            # off is only the old tail.
+            os.ftruncate(fd, len(data))
 
     @staticmethod
     def _create(path: Path | bytes, *, replace: bool) -> int:
@@ -302,8 +397,8 @@ class Store:
         except FileExistsError:
             if not replace:
                 raise
-            # Ours from an earlier crash of a process with our pid, or a planted symlink:
-            # unlink removes the name, never what a link points to.
+            # Ours from an earlier crash of a process with our pid, a file a reader still holds,
+            # or a planted symlink: unlink removes the name, never what a link points to.
             os.unlink(path)
             return os.open(path, flags, 0o600)
 
@@ -335,6 +430,22 @@ class Store:
         for old in backups[:-KEEP_BACKUPS]:
             with contextlib.suppress(OSError):
                 old.unlink()
+
+
+_READ_ATTEMPTS = 1000
+
+
+def _alive(pid_text: str) -> bool:
+    """Whether the pid a temp file is named with is a live process here."""
+    if not pid_text.isdecimal() or int(pid_text) <= 0:
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # EPERM: alive, another user's
+    return True
 
 
 def _open_regular(path: Path | bytes) -> int:

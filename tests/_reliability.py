@@ -108,6 +108,9 @@ class LoadReport:
     reclaimed_at_end: int  # of those, the ones still in the state when every worker had ended
     outside_ports: list[int]  # bound by the harness outside portlease for the whole run
     exhausted: int  # leases that found the (deliberately tight) window full and were retried
+    forked: int = 0  # children forked by workers, leasing with the leaser they inherited
+    lock_events: tuple[str, ...] = ()  # what the harness did to the lock file mid-run
+    late: int = 0  # workers started only after the lock file was first removed
 
     @property
     def ports(self) -> int:
@@ -120,6 +123,8 @@ class LoadReport:
             f"({len(self.binders)} binding their ports, {len(self.killed)} killed with SIGKILL): "
             f"{len(self.grants)} leases of {self.ports} ports in {self.seconds:.1f}s "
             f"({rate:.0f} leases/s, {self.exhausted} retried on a full window); "
+            f"{self.forked} forked children leasing, {self.late} workers started late; "
+            f"lock file {' then '.join(self.lock_events) or 'left alone'} mid-run; "
             f"{self.orphaned} leases held by killed processes, all reclaimed "
             f"({self.reclaimed_at_end} of them by a final leaser); "
             f"{len(self.overlaps)} overlaps; {len(self.unbindable)} unbindable grants; "
@@ -194,6 +199,10 @@ def run_load(
     seed: int,
     kill: bool = True,
     timeout: float = 300.0,
+    window: int | None = None,
+    forks: int = 0,
+    late: int = 0,
+    lock_events: tuple[str, ...] = (),
 ) -> LoadReport:
     """Run ``procs`` worker processes that each lease ``leases`` blocks, and check the result.
 
@@ -203,17 +212,27 @@ def run_load(
     portlease for the whole run. The harness parses the state file as often as it can while
     the workers run; the workers parse it after every step and check that every lease they
     hold is still in it.
+
+    ``forks`` workers (never killed ones) fork a child half-way that leases with the leaser it
+    inherited. ``lock_events`` (``"remove"``, ``"replace"``) are done to the lock file, one after
+    each further sixth of the expected grants, as ``rm <dir>/lock`` or a cache cleaner would;
+    the last ``late`` workers start only after the first of them. ``window``: the number of
+    ports to lease from (default: about three times what the workers hold).
     """
     rnd = random.Random(seed)
     # A window of what the workers could hold at most (5 blocks of up to 8 ports each), about
     # three times what they hold on average: the next-fit cursor wraps again and again and
     # keeps running into live leases it must skip. Now and then it is full (see _mode_load).
     low = port_range[0]
-    high = min(port_range[1], low + procs * 40 - 1)
+    high = min(port_range[1], low + (window or procs * 40) - 1)
     events_dir = directory.parent / f"{directory.name}-events"
     events_dir.mkdir(parents=True, exist_ok=True)
     binders = sorted(rnd.sample(range(procs), procs // 3))
     victims = sorted(rnd.sample(range(procs), procs // 4 if kill else 0))
+    forkers = sorted(rnd.sample([i for i in range(procs) if i not in victims], forks))
+    late_ones = set(range(procs - late, procs))
+    pending_events = list(lock_events)
+    done_events: list[str] = []
     # Kill after a random number of leases (at most half, so the kill lands while it works),
     # then a random few milliseconds more, which puts it anywhere in the lease cycle.
     kill_after = {i: rnd.randint(1, max(1, leases // 2)) for i in victims}
@@ -235,6 +254,7 @@ def run_load(
                 bind=i in binders,
                 events=os.fspath(events_dir / f"{i}.jsonl"),
                 label=f"load worker {i}",
+                fork_events=os.fspath(events_dir / f"{i}-fork.jsonl") if i in forkers else None,
             )
             child = stack.enter_context(
                 subprocess.Popen(
@@ -249,14 +269,27 @@ def run_load(
                 if line.strip() != b"ready":
                     raise RuntimeError(f"a load worker did not start: {line!r}")
             started = time.monotonic()
-            for child in children:
+            for i, child in enumerate(children):
                 assert child.stdin is not None
-                child.stdin.close()  # EOF is the start signal
+                if i not in late_ones:
+                    child.stdin.close()  # EOF is the start signal
             deadline = started + timeout
             counted: dict[int, int] = {}
+            expected = (procs - late) * leases
             while any(c.poll() is None for c in children):
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"the load workers did not finish within {timeout}s")
+                if pending_events:
+                    grants = _count_grants(events_dir)
+                    if grants >= expected * (len(done_events) + 1) // 6:
+                        _lock_event(directory, pending_events[0])
+                        done_events.append(pending_events.pop(0))
+                if done_events or not lock_events:
+                    for i in late_ones:
+                        stdin = children[i].stdin
+                        assert stdin is not None
+                        if not stdin.closed:
+                            stdin.close()
                 for i in victims:
                     if i in killed_at or children[i].poll() is not None:
                         continue
@@ -295,9 +328,10 @@ def run_load(
     grants: list[Grant] = []
     unbindable: list[str] = []
     leftover = exhausted = 0
-    for i in range(procs):
+    for i in [*range(procs), *(1000 + i for i in forkers)]:
+        name = f"{i}.jsonl" if i < 1000 else f"{i - 1000}-fork.jsonl"
         open_grants: dict[int, Grant] = {}
-        for ev in _read_events(events_dir / f"{i}.jsonl"):
+        for ev in _read_events(events_dir / name):
             kind = ev["ev"]
             if kind == "grant":
                 g = Grant(i, ev["pid"], ev["base"], ev["size"], ev["t"])
@@ -342,7 +376,32 @@ def run_load(
         reclaimed_at_end=reclaimed_at_end,
         outside_ports=outside,
         exhausted=exhausted,
+        forked=len(forkers),
+        lock_events=tuple(done_events),
+        late=late,
     )
+
+
+def _count_grants(events_dir: Path) -> int:
+    count = 0
+    for path in events_dir.glob("*.jsonl"):
+        with contextlib.suppress(FileNotFoundError):
+            count += path.read_bytes().count(b'"ev": "grant"')
+    return count
+
+
+def _lock_event(directory: Path, what: str) -> None:
+    """Remove the lock file, or replace it with a new one (atomically, as an editor would)."""
+    lock = directory / "lock"
+    if what == "remove":
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
+    elif what == "replace":
+        new = directory / "lock.new"
+        new.write_bytes(b"")
+        os.replace(new, lock)
+    else:
+        raise ValueError(f"unknown lock event {what!r}")
 
 
 def _reclaim_all(directory: Path, port_range: tuple[int, int], errors: list[str]) -> int:
@@ -358,12 +417,22 @@ def _reclaim_all(directory: Path, port_range: tuple[int, int], errors: list[str]
 
 
 def _read_nofollow(path: Path) -> bytes:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return b""
-    with os.fdopen(fd, "rb") as f:
-        return f.read()
+    """Read the state as a reader outside the lock must (README, "How it works" 5): under a
+    shared flock of the file opened, which the name must still name."""
+    import fcntl
+
+    while True:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return b""
+        with os.fdopen(fd, "rb") as f:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                if os.fstat(fd).st_ino == os.lstat(path).st_ino:
+                    return f.read()
+            except OSError:
+                pass  # being rewritten, or renamed away: a writer moved on; read the new state
 
 
 # ---------------------------------------------------------------------------------- child modes
@@ -380,6 +449,9 @@ def _mode_load(args: dict[str, Any]) -> None:
 
     def record(**event: Any) -> None:
         os.write(fd, json.dumps(event).encode() + b"\n")  # one write: whole lines only
+
+    fork_at = rnd.randint(1, max(1, args["leases"] // 2)) if args.get("fork_events") else -1
+    forked: list[int] = []
 
     servers: dict[int, list[socket.socket]] = {}
     held: dict[int, int] = {}  # base -> size
@@ -403,47 +475,82 @@ def _mode_load(args: dict[str, Any]) -> None:
         del held[base]
         check_state()
 
+    def lease_one(leaser: PortLeaser) -> None:
+        size = rnd.randint(1, 8)
+        while True:
+            try:
+                block = leaser.lease(size)
+                break
+            except PortRangeExhausted:
+                # The window is that tight on purpose: wait for the others to release, and
+                # give back one of ours, or every worker may wait for the others for good.
+                record(ev="exhausted")
+                if held:
+                    release(leaser, rnd.choice(list(held)))
+                time.sleep(0.002)
+        record(ev="grant", pid=pid, base=block.base, size=block.size, t=time.monotonic_ns())
+        held[block.base] = block.size
+        error = None
+        if args["bind"]:
+            socks = servers[block.base] = []
+            for port in block:
+                for kind, addr in ((socket.SOCK_STREAM, "127.0.0.1"), (socket.SOCK_DGRAM, "0.0.0.0")):
+                    s = socket.socket(socket.AF_INET, kind)
+                    socks.append(s)
+                    try:
+                        s.bind((addr, port))
+                        if kind == socket.SOCK_STREAM:
+                            s.listen(8)
+                    except OSError as e:
+                        error = error or f"server bind {addr}:{port}: {e.strerror}"
+        else:
+            error = next((e for e in map(can_bind, block) if e), None)
+        record(ev="bind", base=block.base, error=error)
+        check_state()
+        time.sleep(rnd.choice((0, 0, rnd.uniform(0, 0.004))))
+        # Keep up to a few leases at once; release a random one of them now and then.
+        while held and (len(held) > 4 or rnd.random() < 0.3):
+            release(leaser, rnd.choice(list(held)))
+
     sys.stdout.write("ready\n")
     sys.stdout.flush()
     sys.stdin.read()  # the start signal is EOF
     with PortLeaser(
         args["directory"], port_range=tuple(args["port_range"]), ttl=600, label=args["label"]
     ) as leaser:
-        for _ in range(args["leases"]):
-            size = rnd.randint(1, 8)
-            while True:
-                try:
-                    block = leaser.lease(size)
-                    break
-                except PortRangeExhausted:
-                    # The window is that tight on purpose: wait for the others to release.
-                    record(ev="exhausted")
-                    time.sleep(0.002)
-            record(ev="grant", pid=pid, base=block.base, size=block.size, t=time.monotonic_ns())
-            held[block.base] = block.size
-            error = None
-            if args["bind"]:
-                socks = servers[block.base] = []
-                for port in block:
-                    for kind, addr in ((socket.SOCK_STREAM, "127.0.0.1"), (socket.SOCK_DGRAM, "0.0.0.0")):
-                        s = socket.socket(socket.AF_INET, kind)
-                        socks.append(s)
-                        try:
-                            s.bind((addr, port))
-                            if kind == socket.SOCK_STREAM:
-                                s.listen(8)
-                        except OSError as e:
-                            error = error or f"server bind {addr}:{port}: {e.strerror}"
-            else:
-                error = next((e for e in map(can_bind, block) if e), None)
-            record(ev="bind", base=block.base, error=error)
-            check_state()
-            time.sleep(rnd.choice((0, 0, rnd.uniform(0, 0.004))))
-            # Keep up to a few leases at once; release a random one of them now and then.
-            while held and (len(held) > 4 or rnd.random() < 0.3):
-                release(leaser, rnd.choice(list(held)))
+        for n in range(args["leases"]):
+            if n == fork_at:
+                child = os.fork()
+                if child == 0:
+                    # The child leases with the leaser it inherited, on records of its own. Our
+                    # sockets are the parent's to close: a copy here would keep its ports bound.
+                    status = 1
+                    try:
+                        for socks in servers.values():
+                            for sock in socks:
+                                sock.close()
+                        servers.clear()
+                        held.clear()
+                        pid = os.getpid()
+                        fd = os.open(args["fork_events"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                        for _ in range(max(3, args["leases"] // 4)):
+                            lease_one(leaser)
+                        for base in list(held):
+                            release(leaser, base)
+                        leaser.close()
+                        status = 0
+                    except BaseException as e:
+                        record(ev="error", error=f"forked child: {e!r}")
+                    finally:
+                        os._exit(status)
+                forked.append(child)
+            lease_one(leaser)
         for base in list(held):
             release(leaser, base)
+    for child in forked:
+        _, status = os.waitpid(child, 0)
+        if status != 0:
+            record(ev="error", error=f"forked child {child} exited with status {status}")
     os.close(fd)
 
 
