@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
-# Real PostgreSQL and Redis servers on leased ports, under xdist, in two pytest runs at once.
+# Real PostgreSQL, Redis and MariaDB servers, and asyncio servers on pytest-asyncio's
+# unused_tcp_port, under xdist, in two pytest runs at once, with --portlease-patch=all.
 #
 # Installs the servers if they are missing, then runs examples/realservers with -n 4 twice at
-# the same time: two pytest processes sharing one --portlease-dir and one narrow port range.
-# Fails unless both pass with no port conflict; prints how many servers started and how many
-# conflicts there were. PostgreSQL refuses to run as root, so as root the suite runs as the
+# the same time: two pytest processes sharing one --portlease-dir and one narrow port range, and
+# a Redis factory pinned to a small range of its own (REALSERVERS_PINNED). Fails unless both pass
+# with no port conflict; prints how many servers started and how many conflicts there were. PostgreSQL refuses to run as root, so as root the suite runs as the
 # `postgres` user that the Debian package creates (runuser), from a virtualenv that user can
 # read (the project's own .venv may sit under /root).
 #
 # Environment:
-#   REALSERVERS_MODE=contrast   the switch off: port-for chooses, from the same ports
-#                               (REALSERVERS_PORTS); reports, never fails. Not run by CI.
+#   REALSERVERS_MODE=patched    (default) the switch on, one lease directory: asserts 0 conflicts
+#   REALSERVERS_MODE=off        the switch off: port-for and pytest-asyncio choose, port-for from
+#                               the same ports (REALSERVERS_PORTS); reports, never fails
+#   REALSERVERS_MODE=separate   the switch on, but each run with a lease directory of its own;
+#                               reports, never fails
+#   REALSERVERS_MODE=contrast   off, then separate
 #   REALSERVERS_REPEAT=N        double runs to make (default 1)
 #   REALSERVERS_RANGE=LOW-HIGH  the ports both runs share (default 15000-15099)
 #   REALSERVERS_WORKERS=N       xdist workers per run (default 4)
@@ -24,14 +29,21 @@ umask 022
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 MODE=${REALSERVERS_MODE:-patched}
 REPEAT=${REALSERVERS_REPEAT:-1}
-RANGE=${REALSERVERS_RANGE:-15000-15099}
+RANGE=${REALSERVERS_RANGE:-15000-15089}
+PINNED=${REALSERVERS_PINNED:-15090-15099}
 WORKERS=${REALSERVERS_WORKERS:-4}
 TIMEOUT=${REALSERVERS_TIMEOUT:-300}
 VENV=${REALSERVERS_VENV:-/var/tmp/portlease-realservers}
 
 say() { printf 'realservers: %s\n' "$*"; }
 die() { say "FAILED: $*" >&2; exit 1; }
-[[ $MODE == patched || $MODE == contrast ]] || die "REALSERVERS_MODE must be patched or contrast, not '$MODE'"
+[[ $MODE =~ ^(patched|off|separate|contrast)$ ]] \
+    || die "REALSERVERS_MODE must be patched, off, separate or contrast, not '$MODE'"
+if [[ $MODE == contrast ]]; then
+    REALSERVERS_MODE=off bash "${BASH_SOURCE[0]}"
+    REALSERVERS_MODE=separate bash "${BASH_SOURCE[0]}"
+    exit 0
+fi
 
 is_root() { [[ $(id -u) == 0 ]]; }
 
@@ -55,6 +67,7 @@ missing=()
 compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' >/dev/null || command -v pg_ctl >/dev/null \
     || missing+=(postgresql)
 command -v redis-server >/dev/null || missing+=(redis-server)
+command -v mysqld >/dev/null || [[ -x /usr/sbin/mysqld ]] || missing+=(mariadb-server)
 ((${#missing[@]} == 0)) || apt_install "${missing[@]}"
 
 RUNAS=()
@@ -76,10 +89,10 @@ if is_root; then
 fi
 
 PY=${REALSERVERS_PYTHON:-$ROOT/.venv/bin/python}
-imports='import pytest_portlease, pytest_postgresql, pytest_redis, xdist, psycopg'
+imports='import pytest_portlease, pytest_postgresql, pytest_redis, pytest_mysql, pymysql, pytest_asyncio, xdist, psycopg'
 if ! "${RUNAS[@]}" "$PY" -c "$imports" 2>/dev/null; then
     [[ -z ${REALSERVERS_PYTHON:-} ]] || die "$PY cannot import the suite's dependencies ($imports)"
-    is_root || die "$PY lacks the test extra: pip install -e '$ROOT[test]'"
+    is_root || die "$PY lacks the realservers extra: pip install -e '$ROOT[realservers]'"
     # An editable install: the venv follows the working tree; rebuilt when pyproject changes.
     stamp="$ROOT $(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
     if [[ $(cat "$VENV/.stamp" 2>/dev/null) != "$stamp" ]]; then
@@ -88,8 +101,8 @@ if ! "${RUNAS[@]}" "$PY" -c "$imports" 2>/dev/null; then
         # Debian's python3 makes venvs only with python3-venv (ensurepip) installed.
         /usr/bin/python3 -m venv "$VENV" >/dev/null 2>&1 \
             || { apt_install python3-venv && rm -rf "$VENV" && /usr/bin/python3 -m venv "$VENV"; }
-        "$VENV/bin/pip" install -q --disable-pip-version-check -e "$ROOT[test]" \
-            >"$VENV.pip.log" 2>&1 || { cat "$VENV.pip.log"; die "could not install $ROOT[test]"; }
+        "$VENV/bin/pip" install -q --disable-pip-version-check -e "$ROOT[realservers]" \
+            >"$VENV.pip.log" 2>&1 || { cat "$VENV.pip.log"; die "could not install $ROOT[realservers]"; }
         printf '%s\n' "$stamp" >"$VENV/.stamp"
     fi
     PY=$VENV/bin/python
@@ -100,14 +113,17 @@ fi
 WORK=$(mktemp -d /tmp/portlease-realservers.XXXXXX)
 is_root && chown postgres: "$WORK"
 RECORD=$WORK/record.jsonl
-args=(-m pytest examples/realservers -n "$WORKERS" -q -rs
-      "--portlease-dir=$WORK/leases" "--portlease-range=$RANGE")
-extra_env=()
-if [[ $MODE == patched ]]; then
-    args+=(--portlease-patch-port-for)
+# MariaDB's install_db runs as --user=<mysql user> and makes that account (unix_socket auth) and a
+# `test` database of its own: the runner's name and another database name.
+args=(-m pytest examples/realservers -n "$WORKERS" -q -rs "--portlease-range=$RANGE"
+      "--mysql-user=$RUNNER" --mysql-dbname=portlease)
+extra_env=(REALSERVERS_PINNED="$PINNED")
+if [[ $MODE == off ]]; then
+    extra_env+=(REALSERVERS_PORTS="$RANGE")  # port-for chooses from the same ports
 else
-    extra_env=(REALSERVERS_PORTS="$RANGE")  # port-for chooses from the same ports
+    args+=(--portlease-patch=all)
 fi
+lease_dir() { [[ $MODE == separate ]] && echo "$WORK/leases-$1" || echo "$WORK/leases"; }
 
 say "$MODE: $REPEAT x 2 concurrent runs of examples/realservers, -n $WORKERS, ports $RANGE"
 say "as $(is_root && echo postgres || id -un), with $PY; logs in $WORK"
@@ -135,10 +151,11 @@ for round in $(seq "$REPEAT"); do
     pids=()
     for run in a b; do
         "${RUNAS[@]}" timeout -k 10 "$TIMEOUT" \
-            env -u PORTLEASE_PATCH_PORT_FOR -u PORTLEASE_DIR -u PORTLEASE_RANGE \
+            env -u PORTLEASE_PATCH_PORT_FOR -u PORTLEASE_PATCH -u PORTLEASE_DIR -u PORTLEASE_RANGE \
             PATH="/usr/local/bin:/usr/bin:/bin" HOME="$WORK" PYTHONDONTWRITEBYTECODE=1 \
             REALSERVERS_RECORD="$RECORD" REALSERVERS_RUN="$round$run" "${extra_env[@]}" \
-            "$PY" "${args[@]}" --basetemp "$WORK/t$round$run" >"$WORK/run-$round$run.log" 2>&1 &
+            "$PY" "${args[@]}" "--portlease-dir=$(lease_dir "$run")" --basetemp "$WORK/t$round$run" \
+            >"$WORK/run-$round$run.log" 2>&1 &
         pids+=($!)
     done
     for i in 0 1; do
@@ -148,7 +165,7 @@ for round in $(seq "$REPEAT"); do
         say "run $round$run: exit $rc: $(tail -n 1 "$WORK/run-$round$run.log")"
         if ((rc != 0)); then
             failed_runs=$((failed_runs + 1))
-            [[ $MODE == contrast ]] || cat "$WORK/run-$round$run.log"
+            [[ $MODE != patched ]] || cat "$WORK/run-$round$run.log"
         fi
     done
     reap_leftovers
@@ -179,13 +196,14 @@ def life(r):
 shared = sum(1 for a, b in combinations(started, 2) if a["port"] == b["port"]
              and max(life(a)[0], life(b)[0]) < min(life(a)[1], life(b)[1]))
 conflicts = len(in_use) + len(already) + shared
-kinds = {k: sum(r["server"] == k for r in started) for k in ("postgresql", "redis")}
+kinds = {k: sum(r["server"] == k for r in started) for k in ("postgresql", "redis", "mysql", "asyncio")}
 print(f"{len(started)} {conflicts} {len(failed)} {kinds['postgresql']} {kinds['redis']} "
-      f"{len(in_use)} {len(already)} {shared} {int(sys.argv[2])}")
+      f"{kinds['mysql']} {kinds['asyncio']} {len(in_use)} {len(already)} {shared} {int(sys.argv[2])}")
 EOF
 )
-read -r servers conflicts failed_starts pg redis in_use already shared in_logs <<<"$summary"
-say "$MODE: $servers servers started ($pg postgresql, $redis redis), $failed_starts failed starts," \
+read -r servers conflicts failed_starts pg redis mysql aio in_use already shared in_logs <<<"$summary"
+say "$MODE: $servers servers started ($pg postgresql, $redis redis, $mysql mariadb, $aio asyncio)," \
+    "$failed_starts failed starts," \
     "$conflicts port conflicts ($in_use address already in use, $already already running on" \
     "the port, $shared ports served twice; 'address already in use' in pytest logs: $in_logs)," \
     "$failed_runs of $((2 * REPEAT)) pytest runs failed, $((SECONDS - started_at))s"
@@ -195,5 +213,6 @@ if [[ $MODE == patched ]]; then
     ((conflicts == 0 && in_logs == 0)) || die "$conflicts port conflict(s)"
     ((skipped == 0)) || die "$skipped skip line(s): a server or plugin is missing"
     ((servers >= 4 * WORKERS * REPEAT)) || die "only $servers servers started"
+    ((pg > 0 && redis > 0 && mysql > 0 && aio > 0)) || die "a kind of server never started"
 fi
 rm -rf "$WORK"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from ._leaser import PortBlock, PortLeaser, lease_ports
-from ._portfor import get_port
 from ._status import LeaseInfo
 from .errors import (
     InvalidArgument,
@@ -13,6 +12,7 @@ from .errors import (
     PortRangeExhausted,
     PortUnavailable,
 )
+from .patches.port_for import get_port
 
 __version__ = "0.1.0"
 

@@ -291,3 +291,60 @@ def resolve_lock_timeout(
 ) -> Resolved[float]:
     layers = [(option, option_source), _env("PORTLEASE_LOCK_TIMEOUT"), (ini, ini_source)]
     return resolve_layers(layers, parse_lock_timeout, name, lambda: DEFAULT_LOCK_TIMEOUT)
+
+
+# -- the patch switch ----------------------------------------------------------------------------
+
+#: The tools ``--portlease-patch`` can route through leases, in the order they are installed.
+PATCH_NAMES = ("port-for", "portpicker", "asyncio")
+PATCH_HELP = (
+    "comma-separated tools whose port choice leases from portlease for this session: "
+    f"{', '.join(PATCH_NAMES)} or all; env PORTLEASE_PATCH; default none"
+)
+PATCH_PORT_FOR_HELP = (
+    "alias of --portlease-patch=port-for; env PORTLEASE_PATCH_PORT_FOR; default false"
+)
+
+
+def parse_flag(raw: object, name: str, source: str) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise InvalidArgument(
+        f"invalid {name} {raw!r} from {source}: expected 1, true, yes, on, 0, false, no or off"
+    )
+
+
+def parse_patches(raw: object, name: str, source: str) -> tuple[str, ...]:
+    """Parse ``"port-for,asyncio"`` (or ``"all"``) into patch names, in ``PATCH_NAMES`` order."""
+    accepted = f"expected a comma-separated choice of {', '.join(PATCH_NAMES)}, or all"
+    if not isinstance(raw, str):
+        raise InvalidArgument(f"invalid {name} {raw!r} from {source}: {accepted}")
+    asked = {part.strip().lower() for part in raw.split(",")}
+    asked.discard("")
+    unknown = sorted(asked - {*PATCH_NAMES, "all"})
+    if unknown or not asked:
+        bad = f" ({', '.join(map(repr, unknown))} unknown)" if unknown else ""
+        raise InvalidArgument(f"invalid {name} {raw!r} from {source}{bad}: {accepted}")
+    return PATCH_NAMES if "all" in asked else tuple(p for p in PATCH_NAMES if p in asked)
+
+
+def resolve_patches(
+    option: object = None,
+    *,
+    option_source: str = "--portlease-patch",
+    ini: object = None,
+    alias: Resolved[bool] | None = None,
+) -> Resolved[tuple[str, ...]]:
+    """The switch, with the ``port-for`` alias added where it is on: both sources are named."""
+    layers = [(option, option_source), _env("PORTLEASE_PATCH"), (ini, "ini portlease_patch")]
+    chosen = resolve_layers(layers, parse_patches, option_source, lambda: ())
+    if alias is None or not alias.value or "port-for" in chosen.value:
+        return chosen
+    names = tuple(p for p in PATCH_NAMES if p in {*chosen.value, "port-for"})
+    source = alias.source if chosen.source == "default" else f"{chosen.source} and {alias.source}"
+    return Resolved(names, source)

@@ -47,6 +47,8 @@ log = logging.getLogger("pytest_portlease")
 
 #: ``owner_pid`` value meaning "the process that takes the lease".
 THIS_PROCESS: Final = 0
+#: Linux keeps a connection in TIME_WAIT for TCP_TIMEWAIT_LEN, 60 s, not tunable.
+_TW_END: Final = "which ends within 60 s; a server can bind over it only if the closed socket set SO_REUSEADDR"
 
 _T = TypeVar("_T")
 # Transactions run again when the lock file is replaced under them; a file replaced that often
@@ -292,7 +294,9 @@ class PortLeaser:
             reclaim(state, now, lease_ttl)
             try:
                 if port is None:
-                    base = self._next_fit(state, rng, size, self._avoided(port_range))
+                    base = self._next_fit(
+                        state, rng, size, self._avoided(port_range), None if port_range is None else "argument"
+                    )
                     _scan.advance(state, rng, base, size)
                 else:
                     base = self._exact(state, port, size)
@@ -328,16 +332,25 @@ class PortLeaser:
             return _WELL_KNOWN
         return ()
 
-    def _next_fit(self, state: State, rng: PortRange, size: int, avoided: tuple[int, ...] = ()) -> int:
+    def _next_fit(
+        self, state: State, rng: PortRange, size: int, avoided: tuple[int, ...] = (), source: str | None = None
+    ) -> int:
         if (base := _scan.next_fit(state, rng, size, avoided)) is not None:
             return base
+        source = source or self.range_setting.source
+        # -- second pass: ports held only in TIME_WAIT (issue 12.5; see _time_wait_pass) --
+        taken, time_wait = self._time_wait_pass(state, rng, size, source)
+        if taken is not None:
+            return taken
+        tw_note = "" if time_wait is None else f" ({time_wait} of them only in TIME_WAIT, {_TW_END})"
+        # -- end of the second pass --
         held = [e for e in state.entries.values() if e.base <= rng.high and e.end >= rng.low]
         ports = sum(min(e.end, rng.high) - max(e.base, rng.low) + 1 for e in held)
         raise PortRangeExhausted(
-            f"no free block of {size} port(s) in range {rng} ({self.range_setting.source}): "
+            f"no free block of {size} port(s) in range {rng} ({source}): "
             f"{len(held)} live lease(s) hold {ports} of its {rng.size} ports and the rest that "
-            f"were probed are bound by other processes; widen the range where it was set "
-            f"({self.range_setting.source}), release leases, or run "
+            f"were probed are bound by other processes{tw_note}; widen the range where it was set "
+            f"({source}), release leases, or run "
             f"`portlease --dir {self.directory} status` to see who holds them"
         )
 
@@ -348,8 +361,46 @@ class PortLeaser:
             raise PortUnavailable(f"port {block} is held by {holder}", holder)
         busy = _probe.first_busy(range(port, port + size))
         if busy is not None:
-            raise PortUnavailable(f"port {busy} is bound outside portlease", None)
+            # -- second pass: ports held only in TIME_WAIT (issue 12.5; see _time_wait_pass) --
+            exact = PortRange(port, port + size - 1)
+            taken, time_wait = self._time_wait_pass(state, exact, size, "argument")
+            if taken is not None:
+                return taken
+            states = _probe.tcp_states() if time_wait else None
+            tw_note = f" (only in TIME_WAIT, {_TW_END})" if states and states.get(busy) == {"06"} else ""
+            raise PortUnavailable(f"port {busy} is bound outside portlease{tw_note}", None)
         return port
+
+    def _time_wait_pass(
+        self, state: State, rng: PortRange, size: int, source: str
+    ) -> tuple[int | None, int | None]:
+        """When the strict probe found nothing free: the first block of ``rng`` free of leases
+        whose busy ports are held only in TIME_WAIT, taken with a warning, since most servers
+        (PostgreSQL, Redis, MariaDB, asyncio's) set SO_REUSEADDR and bind over TIME_WAIT; and how
+        many ports of ``rng`` were held only in TIME_WAIT (None where the host cannot tell)."""
+        states = _probe.tcp_states()
+        if states is None:
+            return None, None
+        waiting = sorted(p for p, st in states.items() if st == {"06"} and p in rng)
+        usable = {p for p in waiting if _probe.only_in_time_wait(p, states)}
+        bases = sorted({
+            b for p in usable for b in range(max(rng.low, p - size + 1), min(p, rng.high - size + 1) + 1)
+        })
+        for base in bases:
+            ports = range(base, base + size)
+            if state.conflict(base, base + size - 1) is not None:
+                continue
+            if all(p in usable or _probe.port_is_free(p) for p in ports):
+                warnings.warn(
+                    f"port {PortBlock(base, size)} of range {rng} ({source}) was only in TIME_WAIT "
+                    f"(connections that closed); leased anyway, because nothing else in the range "
+                    f"was free: a server that sets SO_REUSEADDR binds it now, one that does not "
+                    f"gets EADDRINUSE until the TIME_WAIT ends (60 s); widen the range to avoid this",
+                    PortleaseWarning,
+                    stacklevel=outside_package(),
+                )
+                return base, len(waiting)
+        return None, len(waiting)
 
     def _warn_ephemeral(self, rng: PortRange) -> None:
         if rng in _warned_ephemeral:

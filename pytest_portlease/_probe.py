@@ -149,3 +149,64 @@ def ephemeral_overlap(port_range: PortRange) -> PortRange | None:
         return None
     low, high = max(eph.low, port_range.low), min(eph.high, port_range.high)
     return PortRange(low, high) if low <= high else None
+
+
+# -- ports held only in TIME_WAIT (the second pass of a scan that found nothing free) -----------
+
+_TIME_WAIT = "06"  # include/net/tcp_states.h: TCP_TIME_WAIT, as /proc/net/tcp prints st
+
+
+def tcp_states() -> dict[int, set[str]] | None:
+    """Local port -> the states of the TCP sockets on it, from /proc/net/tcp and tcp6 (Linux);
+    None where neither can be read. Sockets that are bound but neither listening nor connected
+    are in no table the kernel prints here."""
+    states: dict[int, set[str]] = {}
+    read = False
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(name, encoding="ascii") as f:
+                lines = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        read = True
+        for line in lines:
+            fields = line.split()
+            try:
+                port = int(fields[1].rsplit(":", 1)[1], 16)
+            except (IndexError, ValueError):
+                continue
+            states.setdefault(port, set()).add(fields[3])
+    return states if read else None
+
+
+def only_in_time_wait(port: int, states: dict[int, set[str]]) -> bool:
+    """True when the kernel lists nothing but TIME_WAIT connections on ``port`` (``states`` from
+    ``tcp_states()``), a server that sets SO_REUSEADDR can bind and listen on it, and UDP binds.
+
+    Linux lets an SO_REUSEADDR bind through a TIME_WAIT only when the socket that closed had set
+    SO_REUSEADDR too (inet_bind_conflict: sk_reuse on both sides; the TIME_WAIT keeps tw_reuse),
+    so the bind itself is the test. A socket bound with SO_REUSEADDR but not listening would
+    pass as well; it is in no /proc table, so only a port that also has a TIME_WAIT is asked.
+    """
+    if states.get(port) != {_TIME_WAIT}:
+        return False
+    families = [(socket.AF_INET, "0.0.0.0")]
+    if has_ipv6():
+        families.append((socket.AF_INET6, "::"))
+    for family, address in families:
+        if not _binds(family, address, socket.SOCK_DGRAM, port):
+            return False
+        s = _socket.socket(family, socket.SOCK_STREAM)
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            s.bind((address, port))
+            s.listen(1)
+        except OSError as e:
+            if e.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+                return False
+            raise
+        finally:
+            s.close()
+    return True

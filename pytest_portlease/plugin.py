@@ -20,18 +20,22 @@ from typing import Any
 
 import pytest
 
-from . import _leaser, _portfor
+from . import _leaser, patches
 from ._config import (
     DIR_HELP,
     LOCK_TIMEOUT_HELP,
+    PATCH_HELP,
+    PATCH_PORT_FOR_HELP,
     RANGE_HELP,
     TTL_HELP,
     PortRange,
     Resolved,
     check_directory,
+    parse_flag,
     resolve_directory,
     resolve_layers,
     resolve_lock_timeout,
+    resolve_patches,
     resolve_range,
     resolve_ttl,
 )
@@ -42,29 +46,12 @@ from .errors import InvalidArgument, LockTimeout, PortleaseError, PortUnavailabl
 #: rewrites ``fm-portalloc.json`` without our fields, and must not be able to erase this.
 NAMES_FILE = "portlease-names.json"
 _NAMES_KEEP = 1000  # newest entries kept; every pytester run adds a rootdir
-PATCH_PORT_FOR_HELP = (
-    "make port_for.select_random()/get_port() lease from portlease for this session; "
-    "env PORTLEASE_PATCH_PORT_FOR; default false"
-)
 #: Figures of the engine's LeaseStats, summed over the session's leaser and the xdist workers.
 _STATS = ("blocks", "ports", "seconds", "lock_wait")
 #: The session's own: lock timeouts, and leases refused at once after one.
 _FIGURES = (*_STATS, "lock_timeouts", "failed_at_once")
 _WARNINGS_SHOWN = 20  # distinct warnings in the summary; the rest are counted
 _session_key = pytest.StashKey["PortleaseSession"]()
-
-
-def _flag(raw: object, name: str, source: str) -> bool:
-    if isinstance(raw, bool):
-        return raw
-    text = str(raw).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise InvalidArgument(
-        f"invalid {name} {raw!r} from {source}: expected 1, true, yes, on, 0, false, no or off"
-    )
 
 
 class PortleaseSession:
@@ -98,7 +85,11 @@ class PortleaseSession:
                     (os.environ.get("PORTLEASE_PATCH_PORT_FOR"), "PORTLEASE_PATCH_PORT_FOR"),
                     (_ini_flag(config), "ini portlease_patch_port_for"),
                 ],
-                _flag, "--portlease-patch-port-for", lambda: False,
+                parse_flag, "--portlease-patch-port-for", lambda: False,
+            )
+            self.patch_setting: Resolved[tuple[str, ...]] = resolve_patches(
+                config.getoption("portlease_patch"), ini=config.getini("portlease_patch"),
+                alias=self.patch_port_for_setting,
             )
         except InvalidArgument as e:
             raise pytest.UsageError(str(e)) from None
@@ -122,10 +113,21 @@ class PortleaseSession:
         #: The first LockTimeout of the session: a frozen holder would cost every later lease the
         #: whole timeout again, so they fail at once with it.
         self.lock_timed_out: LockTimeout | None = None
+        #: The patches installed (undone at the session's end), and those asked for whose
+        #: tool is not installed.
+        self.patches: list[patches.Patch] = []
+        self.patches_missing: list[str] = []
 
     @property
     def patch_port_for(self) -> bool:
-        return self.patch_port_for_setting.value
+        return "port-for" in self.patch_setting.value
+
+    def install_patches(self, config: pytest.Config) -> None:
+        self.patches, self.patches_missing = patches.install(self.patch_setting.value, config.pluginmanager)
+
+    def undo_patches(self) -> None:
+        while self.patches:
+            self.patches.pop().undo()
 
     @property
     def leaser(self) -> PortLeaser:
@@ -358,6 +360,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         key = name.replace("-", "_")
         group.addoption(f"--portlease-{name}", dest=f"portlease_{key}", metavar=metavar, help=help_text)
         parser.addini(f"portlease_{key}", help_text)
+    group.addoption("--portlease-patch", dest="portlease_patch", metavar="NAMES", help=PATCH_HELP)
+    parser.addini("portlease_patch", PATCH_HELP)
     group.addoption(
         "--portlease-patch-port-for", dest="portlease_patch_port_for", action="store_true",
         default=None, help=PATCH_PORT_FOR_HELP,
@@ -371,9 +375,10 @@ def pytest_configure(config: pytest.Config) -> None:
     session = config.stash[_session_key] = PortleaseSession(config)
     # get_port leases for this session (lazily: the directory is touched at the first call).
     # Each returns its undo, because pytester runs a pytest session inside another one.
-    config.add_cleanup(_portfor.use_session_leaser(lambda: session.leaser, keep_warnings=session.keep_warnings))
-    if session.patch_port_for:
-        config.add_cleanup(_portfor.patch_port_for())
+    config.add_cleanup(patches.use_session_leaser(lambda: session.leaser, keep_warnings=session.keep_warnings))
+    # Undone at the session's end (pytest_sessionfinish), or here when it never got there.
+    session.install_patches(config)
+    config.add_cleanup(session.undo_patches)
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(XdistHooks(session), "portlease-xdist")
 
@@ -401,6 +406,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     config = session.config
     if (ours := config.stash.get(_session_key, None)) is None:
         return
+    ours.undo_patches()  # before the leaser closes: a patched tool must not lease after it
     ours.close()
     workeroutput = getattr(config, "workeroutput", None)
     if workeroutput is not None and (ours.figures["blocks"] or ours.figures["lock_timeouts"] or ours.warnings):
@@ -423,12 +429,28 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         f"range {rng} (from {s.port_range.source}), ttl {s.ttl.value:g}s (from {s.ttl.source}), "
         f"lock timeout {s.lock_timeout.value:g}s (from {s.lock_timeout.source})"
     ]
+    lines.extend(_patch_header(s))
     if (overlap := ephemeral_overlap(rng)) is not None:
         lines.append(
             f"portlease: WARNING: range {rng} overlaps this host's ephemeral port range "
             f"{ephemeral_range()} at {overlap}: the kernel may give those ports to any outgoing "
             f"connection; choose a range outside it"
         )
+    return lines
+
+
+def _patch_header(s: PortleaseSession) -> list[str]:
+    asked = s.patch_setting
+    if not asked.value:
+        return []
+    patched = "; ".join(f"{p.name} ({p.describe()})" for p in s.patches) or "nothing"
+    lines = [f"portlease: patched {patched} (asked for {','.join(asked.value)} by {asked.source})"]
+    if s.patches_missing:
+        lines.append(
+            f"portlease: asked to patch {', '.join(s.patches_missing)} ({asked.source}), "
+            f"but it is not installed: nothing patched for it"
+        )
+    lines.extend(f"portlease: note: {note}" for p in s.patches for note in p.notes)
     return lines
 
 

@@ -43,7 +43,7 @@ def free_window(size: int = 200) -> PortRange:
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for var in ("PORTLEASE_DIR", "PORTLEASE_RANGE", "PORTLEASE_TTL", "FM_PORTALLOC_DATA_DIR",
-                "PORTLEASE_PATCH_PORT_FOR"):
+                "PORTLEASE_PATCH_PORT_FOR", "PORTLEASE_PATCH"):
         monkeypatch.delenv(var, raising=False)
     # platformdirs' default must never point at the developer's real cache from a test.
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
@@ -64,8 +64,8 @@ def port_range() -> PortRange:
 # Plugins of this venv that cost about a second of start-up per nested pytest run and play no
 # part in the plugin's tests.
 NESTED_FAST = (
-    "-p", "no:hypothesispytest", "-p", "no:pytest_postgresql", "-p", "no:pytest_redis",
-    "-p", "no:cacheprovider", "-p", "no:django", "-p", "no:flask", "-p", "no:xprocess",
+    "-p", "no:hypothesispytest", "-p", "no:pytest_postgresql", "-p", "no:pytest_redis", "-p", "no:pytest_mysql",
+    "-p", "no:cacheprovider", "-p", "no:asyncio", "-p", "no:django", "-p", "no:flask", "-p", "no:xprocess",
 )
 
 

@@ -1,4 +1,4 @@
-"""patch_port_for: pytest-postgresql's and pytest-redis's port choice goes through our leases.
+"""The port-for patch: pytest-postgresql's and pytest-redis's port choice goes through our leases.
 
 No server is started here (examples/realservers does that): these tests call the very functions
 the two plugins' process fixtures call to pick a port, and check that the port is leased.
@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import json
 import re
-import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
 import port_for
 import pytest
 
-from pytest_portlease import PortLeaser, PortUnavailable, _portfor, get_port
+from pytest_portlease import PortLeaser, PortUnavailable, get_port
 from pytest_portlease._config import PortRange
-from pytest_portlease._portfor import patch_port_for, select_random, use_session_leaser
 from pytest_portlease._state import STATE_NAME
+from pytest_portlease.patches import port_for as _portfor
+from pytest_portlease.patches._hook import use_session_leaser
+from pytest_portlease.patches.port_for import select_random
 
 pg_process = pytest.importorskip("pytest_postgresql.factories.process")
 redis_proc = pytest.importorskip("pytest_redis.factories.proc")
@@ -27,6 +28,12 @@ redis_proc = pytest.importorskip("pytest_redis.factories.proc")
 pytestmark = pytest.mark.filterwarnings(
     "ignore:port range .* overlaps this host's ephemeral range:pytest_portlease.PortleaseWarning"
 )
+
+
+def patch_port_for() -> Callable[[], None]:
+    patch = _portfor.install()
+    assert patch is not None
+    return patch.undo
 
 
 @pytest.fixture
@@ -107,18 +114,6 @@ def test_nested_patches_undo_in_order() -> None:
     assert port_for.get_port is get_port  # the outer patch still holds
     outer()
     assert port_for.get_port is original
-
-
-def test_missing_modules_are_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(
-        _portfor, "PATCH_TARGETS", (("no_such_plugin.factories", "get_port"), ("port_for", "get_port"))
-    )
-    undo = patch_port_for()
-    try:
-        assert "no_such_plugin" not in sys.modules
-        assert port_for.get_port is get_port
-    finally:
-        undo()
 
 
 def test_block_env_fills_the_compose_file() -> None:

@@ -25,13 +25,14 @@ from pytest_portlease import (
     PortleaseWarning,
     PortRangeExhausted,
     PortUnavailable,
-    _portfor,
     _probe,
     get_port,
 )
 from pytest_portlease._config import PortRange
-from pytest_portlease._portfor import select_random, use_session_leaser
 from pytest_portlease._state import STATE_NAME
+from pytest_portlease.patches import port_for as _portfor
+from pytest_portlease.patches._hook import use_session_leaser
+from pytest_portlease.patches.port_for import select_random
 
 # A worker's slice of the test suite may lie in the ephemeral range; that warning is not the
 # subject here.
@@ -391,7 +392,7 @@ def test_warnings_go_to_the_session_not_to_the_caller(
 
 def test_patching_is_undone_exactly() -> None:
     original = port_for.get_port
-    undo = _portfor.patch_port_for()
+    undo = _portfor.install().undo  # type: ignore[union-attr]
     try:
         assert port_for.get_port is get_port
         assert port_for.api.get_port is get_port

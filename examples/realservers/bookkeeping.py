@@ -34,8 +34,14 @@ def _record(**fields: Any) -> None:
         f.write(json.dumps(fields) + "\n")
 
 
+def record(**fields: Any) -> None:
+    """Record an event of a server this suite runs itself (the asyncio servers)."""
+    if RECORD:
+        _record(**fields)
+
+
 def _log_tail(executor: Any) -> str:
-    path = getattr(executor, "logfile", None)  # PostgreSQLExecutor
+    path = getattr(executor, "logfile", None) or getattr(executor, "logfile_path", None)  # PostgreSQL, MySQL
     parts = list(getattr(executor, "command_parts", []))
     if path is None and "--logfile" in parts:  # RedisExecutor
         path = parts[parts.index("--logfile") + 1]
@@ -79,3 +85,9 @@ if RECORD:
     else:
         _wrap(PostgreSQLExecutor, "postgresql")
         _wrap(RedisExecutor, "redis")
+    try:
+        from pytest_mysql.executor import MySQLExecutor
+    except ImportError:
+        pass
+    else:
+        _wrap(MySQLExecutor, "mysql")

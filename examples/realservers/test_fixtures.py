@@ -1,6 +1,7 @@
 """pytest-postgresql's and pytest-redis's own fixtures, used as their documentation shows.
 
-With --portlease-patch-port-for their servers run on leased ports: nothing here changes.
+With --portlease-patch=all (or its alias --portlease-patch-port-for) their servers run on
+leased ports: nothing here changes.
 """
 
 from __future__ import annotations
@@ -29,6 +30,6 @@ def test_the_ports_are_this_sessions_leases(
     postgresql_proc: Any, redis_proc: Any, port_leaser: PortLeaser, pytestconfig: pytest.Config
 ) -> None:
     if not get_session(pytestconfig).patch_port_for:
-        pytest.skip("port-for chose these ports: run with --portlease-patch-port-for")
+        pytest.skip("port-for chose these ports: run with --portlease-patch=all")
     mine = {info.base for info in port_leaser.status() if info.pid == os.getpid()}
     assert {postgresql_proc.port, redis_proc.port} <= mine
