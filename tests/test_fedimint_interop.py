@@ -30,8 +30,9 @@ from fedimint_model.procs import (
     spawn,
 )
 
-from pytest_portlease import InvalidArgument, PortLeaser, PortRangeExhausted, _portfor
+from pytest_portlease import InvalidArgument, PortLeaser, PortRangeExhausted
 from pytest_portlease._config import PortRange
+from pytest_portlease.patches import port_for as _portfor
 
 
 def _raw_keys(directory: Path) -> dict[str, Any]:
