@@ -17,7 +17,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-from conftest import free_window, worker_range
+from conftest import free_window, kernel_ephemeral_range, worker_range
 
 from pytest_portlease import (
     InvalidArgument,
@@ -485,11 +485,9 @@ def test_processes_leasing_at_once_never_overlap(lease_dir: Path) -> None:
 
 
 def test_a_range_inside_the_ephemeral_range_warns_once(lease_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pytest_portlease import PortleaseWarning, _leaser, _probe
+    from pytest_portlease import PortleaseWarning, _leaser
 
-    eph = _probe.ephemeral_range()
-    if eph is None:
-        pytest.skip("no ephemeral range on this host")
+    eph = kernel_ephemeral_range()
     monkeypatch.setattr(_leaser, "_warned_ephemeral", set())
     rng = f"{eph.high - 50}-{eph.high}"
     with PortLeaser(lease_dir, port_range=rng) as leaser:
