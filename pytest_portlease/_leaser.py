@@ -17,7 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final
 
-from . import _lock, _owner, _probe, _state
+from . import _clock, _lock, _owner, _probe, _state
 from ._config import (
     PortRange,
     Resolved,
@@ -244,7 +244,7 @@ class PortLeaser:
             self._warn_ephemeral(rng)
         full_label = " ".join(x for x in (self.label, label) if x)
         with self._mutex, self.transaction() as state:
-            now = time.time()
+            now = _clock.now()
             reclaim(state, now)
             if port is None:
                 base = self._next_fit(state, rng, size)
@@ -378,7 +378,7 @@ class PortLeaser:
             if not self._held:
                 return lost
             with self.transaction() as state:
-                now = time.time()
+                now = _clock.now()
                 for base, (block, ttl) in list(self._held.items()):
                     entry = state.entries.get(base)
                     if entry is not None and not self._is_mine(entry, block):

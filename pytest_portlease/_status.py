@@ -6,12 +6,11 @@ from __future__ import annotations
 import logging
 import math
 import os
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import _owner
+from . import _clock, _owner
 from ._lock import shared_lock
 from ._state import STATE_NAME, Entry, Loaded, State, outside_package, parse_tolerant
 from ._store import Store
@@ -113,4 +112,4 @@ def read_status(directory: Path, source: str = "argument") -> list[LeaseInfo]:
         return []
     for problem in loaded.problems:
         warnings.warn(f"{directory / STATE_NAME}: {problem}", PortleaseWarning, stacklevel=outside_package())
-    return lease_infos(loaded.state, time.time())
+    return lease_infos(loaded.state, _clock.now())

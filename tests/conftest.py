@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,29 @@ def kernel_ephemeral_range() -> PortRange:
         pytest.skip(f"{EPHEMERAL_FILE} does not exist on this host")
     low, high = (int(x) for x in EPHEMERAL_FILE.read_text(encoding="ascii").split())
     return PortRange(low, high)
+
+
+class SteppedClock:
+    """The engine's clock (``_clock.now``) held still at a whole second and a half, stepped by
+    the test: expiry is decided by the test, not by how fast the machine runs it."""
+
+    def __init__(self) -> None:
+        self.now = int(time.time()) + 0.5
+
+    def __call__(self) -> float:
+        return self.now
+
+    def step(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> SteppedClock:
+    from pytest_portlease import _clock
+
+    stepped = SteppedClock()
+    monkeypatch.setattr(_clock, "now", stepped)
+    return stepped
 
 
 @pytest.fixture(autouse=True)
