@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import random
+import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -38,6 +40,54 @@ def free_window(size: int = 200) -> PortRange:
         if _probe.first_busy(range(low, low + size)) is None:
             return PortRange(low, low + size - 1)
     raise AssertionError(f"no window of {size} free ports in {rng}")
+
+
+# -- independent oracles: what the host has, found without the code under test ----------------
+
+EPHEMERAL_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def host_has_ipv6() -> bool:
+    """Whether ::1 binds here, tried directly (the probe's own ``has_ipv6()`` is under test)."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+def kernel_ephemeral_range() -> PortRange:
+    """The kernel's ephemeral range, read here rather than through ``_probe.ephemeral_range()``.
+    Skips only where the host has no such file (not Linux); where it exists, a test that needs
+    the range runs, so an engine reader that returns None fails it."""
+    if not EPHEMERAL_FILE.exists():
+        pytest.skip(f"{EPHEMERAL_FILE} does not exist on this host")
+    low, high = (int(x) for x in EPHEMERAL_FILE.read_text(encoding="ascii").split())
+    return PortRange(low, high)
+
+
+class SteppedClock:
+    """The engine's clock (``_clock.now``) held still at a whole second and a half, stepped by
+    the test: expiry is decided by the test, not by how fast the machine runs it."""
+
+    def __init__(self) -> None:
+        self.now = int(time.time()) + 0.5
+
+    def __call__(self) -> float:
+        return self.now
+
+    def step(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> SteppedClock:
+    from pytest_portlease import _clock
+
+    stepped = SteppedClock()
+    monkeypatch.setattr(_clock, "now", stepped)
+    return stepped
 
 
 @pytest.fixture(autouse=True)

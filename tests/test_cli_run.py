@@ -40,6 +40,13 @@ with open(report, "w") as f:
 sys.exit(3)
 """
 
+# CMD that runs until the test creates the file named by its argument.
+WAIT_FOR_FILE = """
+import os, sys, time
+while not os.path.exists(sys.argv[1]):
+    time.sleep(0.01)
+"""
+
 
 def wait_for(predicate: Callable[[], object], timeout: float = 15) -> None:
     deadline = time.monotonic() + timeout
@@ -191,14 +198,19 @@ def test_ctrl_c_at_the_terminal_reaches_cmd_exactly_once(
 
 
 def test_a_long_run_with_a_short_ttl_keeps_its_lease(
-    spawn: Callable[..., subprocess.Popen[str]], lease_dir: Path
+    spawn: Callable[..., subprocess.Popen[str]], lease_dir: Path, tmp_path: Path
 ) -> None:
-    started = time.monotonic()
-    run = spawn("--ttl", "2", "--", "sleep", "5")
-    wait_for(lambda: status(lease_dir))
-    time.sleep(max(0.0, started + 4 - time.monotonic()))  # twice the TTL: renewed, or it expired
-    (info,) = status(lease_dir)
-    assert info.state == "live" and info.expires > time.time()
+    done = tmp_path / "done"
+    run = spawn("--ttl", "2", "--", sys.executable, "-c", WAIT_FOR_FILE, os.fspath(done))
+    try:
+        wait_for(lambda: status(lease_dir))
+        (first,) = status(lease_dir)
+        # Wait for the events themselves: the first expiry has passed and a renewal came.
+        wait_for(lambda: time.time() > first.expires and status(lease_dir)[0].expires > first.expires)
+        (info,) = status(lease_dir)
+        assert info.state == "live" and info.expires > time.time()
+    finally:
+        done.touch()
     assert run.wait(timeout=15) == 0
     assert status(lease_dir) == []
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import signal
@@ -17,7 +18,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-from conftest import free_window, worker_range
+from conftest import SteppedClock, free_window, kernel_ephemeral_range, worker_range
 
 from pytest_portlease import (
     InvalidArgument,
@@ -30,7 +31,7 @@ from pytest_portlease import (
     _owner,
     lease_ports,
 )
-from pytest_portlease._config import PortRange
+from pytest_portlease._config import MAX_TTL, PortRange
 from pytest_portlease._state import STATE_NAME
 
 # Exact bases from a fresh state: see conftest.low_start.
@@ -273,15 +274,20 @@ def test_a_lease_directory_that_is_a_file(tmp_path: Path) -> None:
 # -- renewal and reclaim --------------------------------------------------------------------------
 
 
-def test_renew_extends_every_lease_in_one_round_trip(lease_dir: Path, port_range: PortRange) -> None:
+def test_renew_extends_every_lease_in_one_round_trip(
+    lease_dir: Path, port_range: PortRange, clock: SteppedClock
+) -> None:
     with PortLeaser(lease_dir, port_range=port_range, ttl=5) as leaser:
         blocks = [leaser.lease(1), leaser.lease(2, ttl=50)]
-        before = state_keys(lease_dir)
-        time.sleep(1.1)
+        assert [state_keys(lease_dir)[str(b.base)]["expires"] for b in blocks] == [
+            math.ceil(clock.now + 5), math.ceil(clock.now + 50)
+        ]
+        clock.step(30)  # the first has expired by the engine's clock, the second not
         assert leaser.renew() == []
-        after = state_keys(lease_dir)
-        for block in blocks:
-            assert after[str(block.base)]["expires"] > before[str(block.base)]["expires"]  # type: ignore[operator]
+        # Each by its own TTL, from the time of the renewal.
+        assert [state_keys(lease_dir)[str(b.base)]["expires"] for b in blocks] == [
+            math.ceil(clock.now + 5), math.ceil(clock.now + 50)
+        ]
 
 
 def test_expired_leases_are_reclaimed(lease_dir: Path, port_range: PortRange) -> None:
@@ -388,10 +394,32 @@ def test_lock_timeout_names_the_lock_and_its_holder(
     assert str(pickle.loads(pickle.dumps(error))) == str(error)
 
 
-def test_the_heartbeat_keeps_leases_past_their_ttl(lease_dir: Path, port_range: PortRange) -> None:
-    with PortLeaser(lease_dir, port_range=port_range, ttl=1, heartbeat=True) as holder:
+def renewals(leaser: PortLeaser) -> threading.Event:
+    """An event set after each of ``leaser``'s renewals (the heartbeat calls ``self.renew``)."""
+    done = threading.Event()
+    renew = leaser.renew
+
+    def counted() -> list[PortBlock]:
+        try:
+            return renew()
+        finally:
+            done.set()
+
+    leaser.renew = counted  # type: ignore[method-assign]
+    return done
+
+
+def test_the_heartbeat_keeps_leases_past_their_ttl(
+    lease_dir: Path, port_range: PortRange, clock: SteppedClock
+) -> None:
+    # owner_pid=None: only the TTL protects these leases, so only the heartbeat keeps them.
+    with PortLeaser(lease_dir, port_range=port_range, ttl=1, owner_pid=None) as holder:
+        renewed = renewals(holder)
         block = holder.lease(2)
-        time.sleep(2.5)
+        clock.step(10)  # long past its expiry, by the engine's clock
+        holder.start_heartbeat()
+        assert renewed.wait(60), "the heartbeat never renewed"
+        assert state_keys(lease_dir)[str(block.base)]["expires"] == math.ceil(clock.now + 1)
         with PortLeaser(lease_dir, port_range=port_range) as other, pytest.raises(PortUnavailable, match="held by"):
             other.lease(1, port=block.base)
     assert state_keys(lease_dir) == {}
@@ -488,11 +516,9 @@ def test_processes_leasing_at_once_never_overlap(lease_dir: Path) -> None:
 
 
 def test_a_range_inside_the_ephemeral_range_warns_once(lease_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pytest_portlease import PortleaseWarning, _leaser, _probe
+    from pytest_portlease import PortleaseWarning, _leaser
 
-    eph = _probe.ephemeral_range()
-    if eph is None:
-        pytest.skip("no ephemeral range on this host")
+    eph = kernel_ephemeral_range()
     monkeypatch.setattr(_leaser, "_warned_ephemeral", set())
     rng = f"{eph.high - 50}-{eph.high}"
     with PortLeaser(lease_dir, port_range=rng) as leaser:
@@ -502,12 +528,23 @@ def test_a_range_inside_the_ephemeral_range_warns_once(lease_dir: Path, monkeypa
 
 
 def test_a_shorter_per_lease_ttl_wakes_the_heartbeat(lease_dir: Path, port_range: PortRange) -> None:
-    # The leaser's TTL makes the heartbeat sleep 20 s; a 1 s lease must not expire meanwhile.
-    with PortLeaser(lease_dir, port_range=port_range, ttl=60, heartbeat=True) as holder:
-        block = holder.lease(1, ttl=1)
-        time.sleep(2.5)
-        with PortLeaser(lease_dir, port_range=port_range) as other, pytest.raises(PortUnavailable, match="held by"):
-            other.lease(1, port=block.base)
+    # The leaser's TTL (MAX_TTL) makes the heartbeat wait years between renewals: a renewal
+    # at all shows that the 1 s lease woke it to wait ttl/3 instead.
+    with PortLeaser(lease_dir, port_range=port_range, ttl=MAX_TTL, owner_pid=None, heartbeat=True) as holder:
+        renewed = renewals(holder)
+        holder.lease(1, ttl=1)
+        assert renewed.wait(60), "the heartbeat slept on with the leaser's TTL"
+
+
+def test_close_wakes_the_heartbeat(lease_dir: Path, port_range: PortRange) -> None:
+    # Without the wake-up, close() would wait for the heartbeat's next beat: years away here.
+    holder = PortLeaser(lease_dir, port_range=port_range, ttl=MAX_TTL, heartbeat=True)
+    holder.lease(1)
+    closer = threading.Thread(target=holder.close, daemon=True)
+    closer.start()
+    closer.join(60)
+    assert not closer.is_alive(), "close() is waiting for the heartbeat"
+    assert state_keys(lease_dir) == {}
 
 
 def test_a_range_ending_at_65535_never_grants_it(lease_dir: Path) -> None:

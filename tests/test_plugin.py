@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import kernel_ephemeral_range
 
 from pytest_portlease import PortLeaser
 from pytest_portlease._config import PortRange
@@ -448,11 +449,7 @@ def test_no_summary_without_leases(pytester: pytest.Pytester, portlease_args: li
 def test_ephemeral_overlap_is_in_the_header(
     pytester: pytest.Pytester, nested_fast: tuple[str, ...]
 ) -> None:
-    from pytest_portlease._probe import ephemeral_range
-
-    eph = ephemeral_range()
-    if eph is None:
-        pytest.skip("this host does not publish its ephemeral port range")
+    eph = kernel_ephemeral_range()
     result = pytester.runpytest(f"--portlease-range={eph.low - 10}-{eph.low + 9}", *nested_fast)
     result.stdout.fnmatch_lines([
         f"portlease: WARNING: range {eph.low - 10}-{eph.low + 9} overlaps this host's ephemeral "

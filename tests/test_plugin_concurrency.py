@@ -34,6 +34,10 @@ def wait_for(path: Path, procs: list[subprocess.Popen[str]], count: int = 1) -> 
         time.sleep(0.01)
 
 
+def renewed(lease_dir: Path, base: int, expires: float) -> bool:
+    return any(i.base == base and i.expires > expires for i in PortLeaser(lease_dir).status())
+
+
 def nested_suite(pytester: pytest.Pytester, tmp_path: Path, tests: str) -> Path:
     """A nested test file with ``wait_for`` and ``OUT``, the directory it reports through."""
     out = tmp_path / "out"
@@ -144,8 +148,13 @@ def test_hold(port_block):
     try:
         wait_for(out / "block", [proc])
         base = int((out / "block").read_text())
-        # Without renewal the lease would have expired (expires = ceil(now + ttl)) by now.
-        time.sleep(ttl + 2)
+        (first,) = [i for i in PortLeaser(lease_dir).status() if i.base == base]
+        # Wait for the events themselves, not a guessed time: the first expiry has passed (without
+        # renewal the lease would be expired now) and a renewal has been written.
+        deadline = time.monotonic() + 30
+        while not (time.time() > first.expires and renewed(lease_dir, base, first.expires)):
+            assert proc.poll() is None and time.monotonic() < deadline, "no renewal came"
+            time.sleep(0.01)
         with PortLeaser(lease_dir, port_range=str(port_range)) as rival:
             for port, size in ((base, 3), (base + 2, 1)):
                 with pytest.raises(PortUnavailable, match=r"::test_hold.*\(pid \d+@"):

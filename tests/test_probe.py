@@ -9,6 +9,7 @@ import socket
 from collections.abc import Callable, Iterator
 
 import pytest
+from conftest import kernel_ephemeral_range
 
 from pytest_portlease import _probe
 from pytest_portlease._config import PortRange
@@ -243,8 +244,7 @@ def test_a_host_without_dual_stack_sockets_gets_four_sockets() -> None:
 
 
 def test_ephemeral_overlap_reads_the_kernel_range() -> None:
-    eph = _probe.ephemeral_range()
-    if eph is None:
-        pytest.skip("no /proc/sys/net/ipv4/ip_local_port_range here")
+    eph = kernel_ephemeral_range()
+    assert _probe.ephemeral_range() == eph
     assert _probe.ephemeral_overlap(PortRange(eph.low - 10, eph.low + 5)) == PortRange(eph.low, eph.low + 5)
     assert _probe.ephemeral_overlap(PortRange(eph.low - 10, eph.low - 1)) is None
