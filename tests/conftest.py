@@ -116,6 +116,8 @@ def port_range() -> PortRange:
 NESTED_FAST = (
     "-p", "no:hypothesispytest", "-p", "no:pytest_postgresql", "-p", "no:pytest_redis", "-p", "no:pytest_mysql",
     "-p", "no:cacheprovider", "-p", "no:asyncio", "-p", "no:django", "-p", "no:flask", "-p", "no:xprocess",
+    # Nested suites are written in order (a function-scoped lease, then the check that it ended).
+    "-p", "no:randomly",
 )
 
 

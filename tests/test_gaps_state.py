@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from conftest import SteppedClock, free_window
 
-from pytest_portlease import PortLeaser, PortleaseWarning, PortUnavailable, _state
+from pytest_portlease import PortLeaser, PortleaseWarning, PortUnavailable, _parse, _state
 from pytest_portlease._config import PortRange
-from pytest_portlease._state import STATE_NAME, Entry, State, parse_tolerant
+from pytest_portlease._parse import parse_tolerant
+from pytest_portlease._state import STATE_NAME, Entry, State
 from pytest_portlease._status import lease_state
 from pytest_portlease._store import Store
 
@@ -76,19 +77,24 @@ def test_an_exact_lease_inside_a_range_with_a_nested_one_is_refused(lease_dir: P
     keys = {str(low): {"size": 10, "expires": FAR}, str(low + 2): {"size": 1, "expires": FAR}}
     (lease_dir / STATE_NAME).write_text(json.dumps({"next": low, "keys": keys}))
     with PortLeaser(lease_dir, port_range=rng) as leaser:
-        with pytest.warns(PortleaseWarning, match="overlap"), pytest.raises(PortUnavailable, match=f"{low}-{low + 9}"):
+        # Overlapping ranges are valid for fedimint-portalloc: kept as written, without a warning.
+        with pytest.raises(PortUnavailable, match=f"{low}-{low + 9}"):
             leaser.lease(1, port=low + 5)
         with pytest.raises(PortUnavailable):
             leaser.lease(2, port=low + 9)  # one port of it
         assert leaser.lease(1).base == low + 10
 
 
-def test_one_shared_port_is_reported_as_an_overlap() -> None:
+def test_one_shared_port_is_kept_as_written_and_indexed_as_an_overlap() -> None:
     doc = {"next": 0, "keys": {"100": {"size": 5, "expires": FAR}, "104": {"size": 1, "expires": FAR}}}
     loaded = parse_tolerant(json.dumps(doc).encode())
-    assert loaded.problems == ["ranges 100-104 and 104-104 overlap; both are kept"]
+    assert loaded.problems == []  # valid for fedimint-portalloc: kept as written, no warning
     assert not loaded.lossy  # both kept: nothing to back up
     assert sorted(loaded.state.entries) == [100, 104]
+    assert loaded.state.overlapping
+    hit = loaded.state.conflict(104, 104)
+    assert hit is not None and hit.base in (100, 104)
+    assert loaded.state.conflict(105, 110) is None
 
 
 # -- the parser's boundaries --------------------------------------------------------------------
@@ -135,7 +141,7 @@ def test_encode_round_trips_through_our_layout_and_the_full_parser() -> None:
     assert json.loads(data) == {
         "next": 150, "x": 1, "keys": {"100": {"size": 3, "expires": 1000}, "200": {"size": 1, "expires": 2000}}
     }
-    assert _state._split_layout(data) is not None
+    assert _parse.split_layout(data) is not None
     empty = State(7, {}, {}).encode()
     assert json.loads(empty) == {"next": 7, "keys": {}}
 
@@ -181,7 +187,7 @@ def test_a_corrupt_state_warns_once_across_leases(lease_dir: Path, monkeypatch: 
         (lease_dir / STATE_NAME).write_text('{"next": 0, "keys": {"x": 1}}')
         with PortLeaser(lease_dir, port_range=rng) as leaser:
             if attempt == 0:
-                with pytest.warns(PortleaseWarning, match="dropped range 'x'"):
+                with pytest.warns(PortleaseWarning, match="dropped 1 range .*'x'"):
                     leaser.lease(1)
             else:
                 leaser.lease(1)  # warnings are errors here: a second warning would fail

@@ -530,8 +530,9 @@ def test_a_range_inside_the_ephemeral_range_warns_once(lease_dir: Path, monkeypa
 def test_a_shorter_per_lease_ttl_wakes_the_heartbeat(lease_dir: Path, port_range: PortRange) -> None:
     # The leaser's TTL (MAX_TTL) makes the heartbeat wait years between renewals: a renewal
     # at all shows that the 1 s lease woke it to wait ttl/3 instead.
-    with PortLeaser(lease_dir, port_range=port_range, ttl=MAX_TTL, owner_pid=None, heartbeat=True) as holder:
+    with PortLeaser(lease_dir, port_range=port_range, ttl=MAX_TTL, owner_pid=None) as holder:
         renewed = renewals(holder)
+        holder.start_heartbeat()  # after renewals(): the heartbeat binds the renew it will call
         holder.lease(1, ttl=1)
         assert renewed.wait(60), "the heartbeat slept on with the leaser's TTL"
 
