@@ -124,9 +124,7 @@ def parse_port_range(raw: object, name: str, source: str) -> PortRange:
     return PortRange(low, high)  # type: ignore[arg-type]
 
 
-def parse_ttl(raw: object, name: str, source: str) -> float:
-    """Parse a positive, finite number of seconds."""
-    expected = f"expected a number of seconds greater than 0 and at most {MAX_TTL:.0f}, such as 120"
+def _seconds(raw: object, name: str, source: str, expected: str, *, zero: bool, most: float) -> float:
     value: float
     if isinstance(raw, str):
         try:
@@ -137,9 +135,15 @@ def parse_ttl(raw: object, name: str, source: str) -> float:
         value = float(raw)
     else:
         raise InvalidArgument(f"invalid {name} {raw!r} from {source}: {expected}")
-    if not math.isfinite(value) or not 0 < value <= MAX_TTL:
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero) or value > most:
         raise InvalidArgument(f"invalid {name} {raw!r} from {source}: {expected}")
     return value
+
+
+def parse_ttl(raw: object, name: str, source: str) -> float:
+    """Parse a positive, finite number of seconds."""
+    expected = f"expected a number of seconds greater than 0 and at most {MAX_TTL:.0f}, such as 120"
+    return _seconds(raw, name, source, expected, zero=False, most=MAX_TTL)
 
 
 def parse_lock_timeout(raw: object, name: str, source: str) -> float:
@@ -148,19 +152,7 @@ def parse_lock_timeout(raw: object, name: str, source: str) -> float:
         f"expected a number of seconds from 0 to {MAX_LOCK_TIMEOUT:.0f}, such as 30 "
         f"(0 fails at once when the lock is held)"
     )
-    value: float
-    if isinstance(raw, str):
-        try:
-            value = float(raw.strip())
-        except ValueError:
-            raise InvalidArgument(f"invalid {name} {raw!r} from {source}: {expected}") from None
-    elif isinstance(raw, int | float) and not isinstance(raw, bool):
-        value = float(raw)
-    else:
-        raise InvalidArgument(f"invalid {name} {raw!r} from {source}: {expected}")
-    if not math.isfinite(value) or not 0 <= value <= MAX_LOCK_TIMEOUT:
-        raise InvalidArgument(f"invalid {name} {raw!r} from {source}: {expected}")
-    return value
+    return _seconds(raw, name, source, expected, zero=True, most=MAX_LOCK_TIMEOUT)
 
 
 def parse_directory(raw: object, name: str, source: str) -> Path:
