@@ -3,9 +3,10 @@
 Writes go to a temp file in the same directory and are swapped in atomically, so that at every
 instant the state file is complete; a symlink planted at one of our names is replaced, never
 followed. The file the swap takes out stays under the writer's temp name and is rewritten in
-place by its next write, which so creates no inode (see ``Store._write_new``); a reader outside
-the lock reads under a shared flock of the file it opened (``Store.read_unlocked``). Reads reuse
-what the last read or write already knows (see ``Store.load``).
+place by its next write, which so creates no inode, but only while the kernel shows that nobody
+else has it open (see ``Store._open_kept``): a reader outside the lock, ours or ``cat``, never
+sees a file change under it. Reads reuse what the last read or write already knows (see
+``Store.load``).
 """
 
 from __future__ import annotations
@@ -189,22 +190,22 @@ class Store:
     def read_unlocked(self) -> bytes:
         """The state file's bytes for a reader that may not hold the lock (``status``).
 
-        A writer rewrites a file in place only while it holds an exclusive flock on it, and only
-        a file the state's name no longer names (see ``_write_new``). So a file we hold a shared
-        flock on, and that the state's name still names, is complete and stays so until we close
-        it. Anything else means a writer moved on since our open: open the new state.
+        A writer rewrites a file in place only when nobody else has it open, and only a file the
+        state's name no longer names (see ``_open_kept``). So a file we hold open, and that the
+        state's name still names, is complete and stays so until we close it. One the state's
+        name no longer names was swapped out before our open completed, and a writer killed
+        while it rewrote that file can have left it torn: open the new state.
         """
         for _ in range(_READ_ATTEMPTS):
             if (fd := self._open_state()) is None:
                 return b""
             try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
                 opened, named = os.fstat(fd), os.lstat(self._state_b)
-            except OSError:  # EWOULDBLOCK: being rewritten; ENOENT: renamed away since the open
+            except OSError:  # ENOENT: renamed away since the open
                 os.close(fd)
                 continue
             if (opened.st_ino, opened.st_dev) == (named.st_ino, named.st_dev):
-                return self._read_bounded(fd)  # closing the descriptor drops the flock
+                return self._read_bounded(fd)
             os.close(fd)
         raise self._fail(
             f"has a {STATE_NAME} that changed under each of {_READ_ATTEMPTS} reads", "try again"
@@ -391,9 +392,11 @@ class Store:
         self._temp_kept = False
         try:
             try:
+                if reused:
+                    inject("rewrite-started")
                 self._fill(fd, data, truncate=reused)
             finally:
-                os.close(fd)  # drops the flock _open_kept took: the file is complete
+                os.close(fd)  # ends the lease _open_kept took: the file is complete
             inject("temp-written")
             inject("before-replace")
             self._temp_kept = _exchange(temp, path)
@@ -409,11 +412,14 @@ class Store:
         """The file our last exchange left under ``temp``, opened to be rewritten, when nobody
         can be reading it; None when there is none or it is not safe to rewrite.
 
-        The file was the state until that exchange, so a reader outside the lock may still hold
-        it open. Such a reader holds a shared flock on it while it reads (``read_unlocked``);
-        our exclusive flock, held until the file is complete again, excludes it, and
-        LOCK_NB turns its presence into "write a new file" instead of a wait. A second link
-        (someone's hard link to the state) is another way to read it: leave that file alone.
+        The file was the state until that exchange, so any reader outside the lock (``status``,
+        ``cat``, an editor) may still hold it open, and one whose open raced the exchange may
+        still be opening it. A Linux write lease (fcntl F_SETLEASE) settles both: the kernel
+        grants it only while no other descriptor anywhere has the file open, and until the
+        lease ends (at our close, when the file is complete again) any open of the file waits.
+        Where there is no lease (another user's file, a file system without leases), write a
+        new file instead. A second link (someone's hard link to the state) is another way to
+        read it: leave that file alone.
         """
         if not self._temp_kept:
             return None
@@ -424,13 +430,12 @@ class Store:
             return None  # gone (a sweep of a process in another PID namespace), or a symlink
         try:
             st = os.fstat(fd)
-            if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and _lease_alone(fd):
                 if stat.S_IMODE(st.st_mode) != self.file_mode:
                     os.fchmod(fd, self.file_mode)  # the directory became group-shared since
                 return fd
         except OSError:
-            pass  # EWOULDBLOCK: a reader holds it; EPERM: another user's file
+            pass
         os.close(fd)
         return None
 
@@ -459,6 +464,27 @@ class Store:
             return os.open(path, flags, 0o600)
 
 _READ_ATTEMPTS = 1000
+
+
+def _lease_alone(fd: int) -> bool:
+    """Take a write lease on ``fd``: True when no other descriptor has its file open.
+
+    The kernel tells the holder of a lease that an open is waiting with a signal, SIGIO by
+    default, whose default action kills the process. We end the lease within microseconds
+    anyway, so we ask for SIGURG instead, which is ignored unless the process handles it;
+    where it does (or a handler we cannot see was installed from C), no lease is taken.
+    """
+    import signal  # only a writer that kept a file needs it; keeps the first lease cheap
+
+    if signal.getsignal(signal.SIGURG) not in (signal.SIG_DFL, signal.SIG_IGN):
+        return False
+    try:
+        # Set on this fresh descriptor before the lease: ending a lease resets it.
+        fcntl.fcntl(fd, fcntl.F_SETSIG, signal.SIGURG)
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+    except OSError:  # EAGAIN: open elsewhere; EACCES: another user's; EINVAL: no leases here
+        return False
+    return True
 
 
 def _alive(pid_text: str) -> bool:

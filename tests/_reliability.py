@@ -418,22 +418,13 @@ def _reclaim_all(directory: Path, port_range: tuple[int, int], errors: list[str]
 
 
 def _read_nofollow(path: Path) -> bytes:
-    """Read the state as a reader outside the lock must (README, "How it works" 5): under a
-    shared flock of the file opened, which the name must still name."""
-    import fcntl
-
-    while True:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return b""
-        with os.fdopen(fd, "rb") as f:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                if os.fstat(fd).st_ino == os.lstat(path).st_ino:
-                    return f.read()
-            except OSError:
-                pass  # being rewritten, or renamed away: a writer moved on; read the new state
+    """Read the state as any reader outside the lock does: open, read, never through a link."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return b""
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
 
 
 # ---------------------------------------------------------------------------------- child modes

@@ -3,8 +3,9 @@ place (see ``_store.Store._write_new``) are SIGKILLed at random points of their 
 
 Writers lease and release in a loop, each write rewriting the file its previous exchange took
 out; the test kills one at a random instant every few writes and starts another. Readers read
-the state as ``portlease status`` does (``Store.read_unlocked``, no lock) as fast as they can and
-parse every read strictly. Run as a script, this file is the writers and readers.
+the state without the lock as fast as they can, a page at a time, and parse every read strictly:
+one as ``portlease status`` does (``Store.read_unlocked``), one as ``cat`` does (open and read,
+no lock, no check). Run as a script, this file is the writers and readers.
 """
 
 from __future__ import annotations
@@ -52,9 +53,9 @@ def test_no_reader_sees_a_torn_state_while_writers_die(lease_dir: Path, port_ran
     _seed(lease_dir, rng, 300)
     kills, writers_at_once = 8, 3
     readers = [
-        subprocess.Popen(_argv("reader", directory=os.fspath(lease_dir)), stdin=subprocess.PIPE,
+        subprocess.Popen(_argv("reader", directory=os.fspath(lease_dir), how=how), stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, text=True)
-        for _ in range(2)
+        for how in ("status", "plain")
     ]
     writers: list[subprocess.Popen[bytes]] = []
 
@@ -135,7 +136,7 @@ def _mode_writer(args: dict[str, Any]) -> None:
 def _mode_reader(args: dict[str, Any]) -> None:
     from pytest_portlease import _store
 
-    def slow_read_all(fd: int) -> bytes:
+    def slow_read_all(fd: int, limit: int = 0) -> bytes:
         # The engine reads a file in one read(2); here a page at a time with a yield between,
         # so that each read spans many of the writers' steps and a rewrite under it would show.
         try:
@@ -147,12 +148,17 @@ def _mode_reader(args: dict[str, Any]) -> None:
         finally:
             os.close(fd)
 
-    _store._read_all = slow_read_all
     store = _store.Store(Path(args["directory"]), "test")
+    if args["how"] == "status":
+        _store.read_all = slow_read_all
+        read = store.read_unlocked
+    else:
+        def read() -> bytes:
+            return slow_read_all(os.open(store.state_path, os.O_RDONLY))
     reads, torn, inodes = 0, [], set()
     print("ready", flush=True)
     while not select.select([sys.stdin], [], [], 0)[0]:
-        data = store.read_unlocked()
+        data = read()
         reads += 1
         try:
             check_state_bytes(data)

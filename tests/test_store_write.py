@@ -3,11 +3,13 @@ unless a reader may be reading it; readers outside the lock never see a torn fil
 
 from __future__ import annotations
 
-import fcntl
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -54,15 +56,15 @@ def test_a_shorter_state_leaves_no_old_tail(lease_dir: Path, port_range: PortRan
 
 
 def test_a_file_a_reader_holds_is_never_rewritten(lease_dir: Path, port_range: PortRange) -> None:
-    # A reader outside the lock opens the state and takes a shared flock (as read_unlocked does);
-    # the writer's next writes must leave that file as it was, however many there are.
+    # Any reader outside the lock (cat, jq, a file manager) just opens the state and reads; it
+    # takes no lock of ours. The writer's next writes must leave that file as it was, however
+    # many there are, for as long as the reader holds it open.
     state = lease_dir / STATE_NAME
     with PortLeaser(lease_dir, port_range=_small(port_range)) as leaser:
         leaser.lease(1)
         leaser.lease(1)
         fd = os.open(state, os.O_RDONLY)
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH)
             held = os.pread(fd, 1 << 20, 0)
             for _ in range(4):
                 leaser.lease(2)
@@ -161,3 +163,83 @@ def test_a_forked_child_writes_through_its_own_temp(lease_dir: Path, port_range:
         leaser.close()
     """)
     subprocess.run([sys.executable, "-c", script], check=True)
+
+
+def _lease_breaking(ino: int) -> bool:
+    """Whether /proc/locks shows a lease on inode ``ino`` that an opener is breaking."""
+    with open("/proc/locks") as f:
+        return any("LEASE" in line and "BREAKING" in line and f":{ino} " in line for line in f)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/locks"), reason="needs Linux's /proc/locks")
+def test_an_open_during_a_rewrite_waits_for_the_complete_file(lease_dir: Path, port_range: PortRange) -> None:
+    # The writer is stopped in the middle of rewriting its kept file (at the seam after it made
+    # sure nobody has the file open). A reader that opens the file then, by any name, must wait
+    # until the file is complete again, and the writer must not die of the notice it receives.
+    script = textwrap.dedent(f"""
+        import sys
+        from pytest_portlease import PortLeaser, _store
+        leaser = PortLeaser({str(lease_dir)!r}, port_range={_small(port_range)!r})
+        leaser.lease(1); leaser.lease(1)  # the second write keeps the file it swapped out
+
+        def fault(point):
+            if point == "rewrite-started":
+                print("rewriting", flush=True)
+                sys.stdin.readline()
+
+        _store.fault = fault
+        leaser.lease(1)
+        _store.fault = None
+        leaser.close()
+    """)
+    result: dict[str, bytes] = {}
+    with subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE) as child:
+        assert child.stdin is not None and child.stdout is not None
+        try:
+            assert child.stdout.readline() == b"rewriting\n"
+            kept = lease_dir / f"{TEMP_PREFIX}{child.pid}"
+            ino = _ino(kept)
+
+            def read() -> None:
+                result["data"] = kept.read_bytes()
+
+            reader = threading.Thread(target=read)
+            reader.start()
+            deadline = time.monotonic() + 30
+            while not _lease_breaking(ino):
+                assert child.poll() is None, "the writer died while it rewrote the file"
+                assert reader.is_alive(), "the open did not wait for the rewrite"
+                assert time.monotonic() < deadline, "no lease on the kept file was broken"
+                reader.join(0.001)
+            assert reader.is_alive()
+            child.stdin.write(b"go\n")
+            child.stdin.close()
+            reader.join()
+            assert child.wait() == 0  # not killed by the lease-break signal
+        finally:
+            if child.poll() is None:
+                child.kill()
+    assert len(check_state_bytes(result["data"])["keys"]) == 3  # the rewritten file, whole
+
+
+@pytest.mark.parametrize("handled", [False, True])
+def test_a_process_that_handles_sigurg_writes_new_files(
+    lease_dir: Path, port_range: PortRange, monkeypatch: pytest.MonkeyPatch, handled: bool
+) -> None:
+    # The notice of a waiting open would reach that handler: such a process takes no lease, so
+    # it never rewrites a file in place; one that leaves SIGURG alone does.
+    points: list[str] = []
+    monkeypatch.setattr(_store, "fault", points.append)
+    calls: list[int] = []
+    previous = signal.signal(signal.SIGURG, calls.append if handled else signal.SIG_DFL)
+    try:
+        with PortLeaser(lease_dir, port_range=_small(port_range)) as leaser:
+            for _ in range(4):
+                leaser.lease(1)
+    finally:
+        signal.signal(signal.SIGURG, previous)
+    # Five writes (four leases, then the release at close): the first renames, the second
+    # swaps a new file in and keeps the old state, and each later one can rewrite what it kept.
+    assert points.count("after-replace") == 5
+    assert points.count("rewrite-started") == (0 if handled else 3)
+    assert calls == []
