@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import types
 
 import pytest
 from conftest import free_window, host_has_ipv6, kernel_ephemeral_range
@@ -68,10 +69,22 @@ class FailingSocket:
         FailingSocket.closed += 1
 
 
+def inject_socket(monkeypatch: pytest.MonkeyPatch, fake: FailingSocket) -> None:
+    """``fake`` as the probe's ``_socket.socket``, for the probe alone.
+
+    The probe's module gets a stand-in namespace: patching the real ``_socket`` module would
+    reach every socket of the process (``socket.socket.__init__`` calls ``_socket.socket``).
+    The probe's cached facts (IPv6, the dual-stack check behind the chosen probe) are learnt
+    from the real host first, or they would be learnt from the fake and kept for the process.
+    """
+    _probe.has_ipv6()
+    _probe.port_is_free(free_window(1).low)
+    monkeypatch.setattr(_probe, "_socket", types.SimpleNamespace(socket=fake))
+
+
 @pytest.mark.parametrize("code", [errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL])
 def test_bind_errors_that_mean_unusable_count_as_busy(monkeypatch: pytest.MonkeyPatch, code: int) -> None:
-    fake = FailingSocket(code)
-    monkeypatch.setattr(_probe._socket, "socket", fake)
+    inject_socket(monkeypatch, FailingSocket(code))
     FailingSocket.closed = 0
     assert _probe.port_is_free(40000) is False
     assert FailingSocket.closed == 1  # the socket is closed on failure too
@@ -79,7 +92,7 @@ def test_bind_errors_that_mean_unusable_count_as_busy(monkeypatch: pytest.Monkey
 
 @pytest.mark.parametrize("code", [errno.EMFILE, errno.ENOBUFS, errno.EINVAL])
 def test_any_other_bind_error_is_raised_not_counted_as_free(monkeypatch: pytest.MonkeyPatch, code: int) -> None:
-    monkeypatch.setattr(_probe._socket, "socket", FailingSocket(code))
+    inject_socket(monkeypatch, FailingSocket(code))
     with pytest.raises(OSError, match="injected") as info:
         _probe.port_is_free(40000)
     assert info.value.errno == code
