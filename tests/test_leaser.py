@@ -409,6 +409,22 @@ def renewals(leaser: PortLeaser) -> threading.Event:
     return done
 
 
+def waiting(leaser: PortLeaser) -> threading.Event:
+    """An event set once ``leaser``'s heartbeat has read its interval, the time it then waits.
+    Installed before the heartbeat starts (it binds ``self._beat_interval`` then)."""
+    read = threading.Event()
+    interval = leaser._beat_interval
+
+    def reading() -> float:
+        try:
+            return interval()
+        finally:
+            read.set()
+
+    leaser._beat_interval = reading  # type: ignore[method-assign]
+    return read
+
+
 def test_the_heartbeat_keeps_leases_past_their_ttl(
     lease_dir: Path, port_range: PortRange, clock: SteppedClock
 ) -> None:
@@ -531,16 +547,23 @@ def test_a_shorter_per_lease_ttl_wakes_the_heartbeat(lease_dir: Path, port_range
     # The leaser's TTL (MAX_TTL) makes the heartbeat wait years between renewals: a renewal
     # at all shows that the 1 s lease woke it to wait ttl/3 instead.
     with PortLeaser(lease_dir, port_range=port_range, ttl=MAX_TTL, owner_pid=None) as holder:
-        renewed = renewals(holder)
-        holder.start_heartbeat()  # after renewals(): the heartbeat binds the renew it will call
+        renewed, asleep = renewals(holder), waiting(holder)
+        holder.start_heartbeat()  # after the hooks: the heartbeat binds what it will call
+        # Only once it waits the leaser's TTL: a heartbeat that read its interval after the
+        # lease below would wait ttl/3 of the new lease without being woken.
+        assert asleep.wait(60), "the heartbeat never started"
         holder.lease(1, ttl=1)
         assert renewed.wait(60), "the heartbeat slept on with the leaser's TTL"
 
 
 def test_close_wakes_the_heartbeat(lease_dir: Path, port_range: PortRange) -> None:
     # Without the wake-up, close() would wait for the heartbeat's next beat: years away here.
-    holder = PortLeaser(lease_dir, port_range=port_range, ttl=MAX_TTL, heartbeat=True)
+    holder = PortLeaser(lease_dir, port_range=port_range, ttl=MAX_TTL)
+    asleep = waiting(holder)
+    holder.start_heartbeat()
     holder.lease(1)
+    # A heartbeat that had not reached its wait yet would see the stop without being woken.
+    assert asleep.wait(60), "the heartbeat never started"
     closer = threading.Thread(target=holder.close, daemon=True)
     closer.start()
     closer.join(60)
