@@ -5,6 +5,7 @@ Where we differ from port-for on purpose, the test says so in its name and docst
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import socket
@@ -294,22 +295,30 @@ def test_processes_racing_for_a_small_range_never_share_a_port(
 ) -> None:
     low = free_run(port_range, 6)
     code = textwrap.dedent(f"""
-        import sys, time
+        import sys
         from pytest_portlease import get_port
-        time.sleep(max(0.0, float(sys.argv[1]) - time.time()))  # start together
+        print("ready", flush=True)
+        sys.stdin.readline()  # start together: every child is imported and waiting
         print(get_port(({low}, {low + 5})))
     """)
-    start = time.time() + 0.5
-    children = [
-        subprocess.Popen([sys.executable, "-c", code, str(start)], stdout=subprocess.PIPE, text=True)
-        for _ in range(6)
-    ]
-    try:
-        outputs = [child.communicate(timeout=60)[0] for child in children]
-    finally:
+    with contextlib.ExitStack() as stack:
+        children = [
+            stack.enter_context(subprocess.Popen(
+                [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            ))
+            for _ in range(6)
+        ]
+        stack.callback(lambda: [child.kill() for child in children if child.poll() is None])
+        pipes = [(child.stdin, child.stdout) for child in children]
+        for _, out in pipes:
+            assert out is not None and out.readline() == "ready\n"
+        for stdin, _ in pipes:
+            assert stdin is not None
+            stdin.write("go\n")
+            stdin.close()
+        outputs = [out.read() for _, out in pipes if out is not None]
         for child in children:
-            child.kill()
-            child.wait()
+            child.wait(timeout=60)
     assert [child.returncode for child in children] == [0] * 6
     assert sorted(int(out) for out in outputs) == list(range(low, low + 6))
     assert sorted(leases(lease_dir)) == list(range(low, low + 6))
