@@ -498,7 +498,10 @@ def run_interrupted(
     ) as proc:
         try:
             deadline = time.monotonic() + 30
-            while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
+            while not ready.exists():
+                # Interrupted before it held its leases, the run would show nothing: fail instead.
+                assert proc.poll() is None, proc.communicate()[0]
+                assert time.monotonic() < deadline, "the nested test never held its leases"
                 time.sleep(0.02)
             os.killpg(proc.pid, signal.SIGINT)
             out, _ = proc.communicate(timeout=30)
