@@ -30,12 +30,12 @@ from __future__ import annotations
 
 import bisect
 import json
-import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import _clock
 from ._config import PortRange, Resolved
 from ._scan import cursor_of
 from ._state import STATE_NAME
@@ -77,9 +77,9 @@ class Snapshot:
 def read_snapshot(directory: Resolved[Path], port_range: Resolved[PortRange]) -> Snapshot:
     path = directory.value
     if not check_readable_directory(path, directory.source):
-        return Snapshot(directory, port_range, False, None, None, [], [], time.time())
+        return Snapshot(directory, port_range, False, None, None, [], [], _clock.now())
     loaded, busy = read_state_seen(path, directory.source)
-    now = time.time()
+    now = _clock.now()
     if loaded is None:
         return Snapshot(directory, port_range, True, None, None, [], [], now, busy)
     leases = lease_infos(loaded.state, now)

@@ -14,13 +14,12 @@ import os
 import signal
 import sys
 import textwrap
-import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import __version__, _owner, _probe, _run
+from . import __version__, _clock, _owner, _probe, _run
 from . import _status_view as view
 from ._config import (
     DEFAULT_TTL,
@@ -141,7 +140,7 @@ def cmd_renew(args: argparse.Namespace) -> int:
     renewed: list[dict[str, int]] = []
     failed: list[str] = []
     with _locked_state(args) as state:
-        now = time.time()
+        now = _clock.now()
         expires = math.ceil(now + ttl)
         for base in args.bases:
             entry = None if state is None else state.entries.get(base)
@@ -178,7 +177,7 @@ def cmd_release(args: argparse.Namespace) -> int:
     host = _owner.hostname()
     released = []
     with _locked_state(args) as state:
-        now = time.time()
+        now = _clock.now()
         for entry in [] if state is None else [state.entries[b] for b in state.bases]:
             owner = entry.owner
             if args.bases:
@@ -231,7 +230,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_reclaim(args: argparse.Namespace) -> int:
     with _locked_state(args) as state:
-        now = time.time()
+        now = _clock.now()
         # Describe them before reclaim removes them: a dead owner's lease may not have expired.
         before = {} if state is None else {b: lease_info(e, now) for b, e in state.entries.items()}
         gone = [before[e.base] for e in ([] if state is None else reclaim(state, now))]
