@@ -81,6 +81,17 @@ class SteppedClock:
         self.now += seconds
 
 
+CHILD_CLOCK = Path(__file__).parent / "child_clock"
+
+
+def child_clock_env(now: float) -> dict[str, str]:
+    """The environment of a child Python whose engine clock reads ``now`` (its sitecustomize)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([os.fspath(CHILD_CLOCK), *filter(None, [env.get("PYTHONPATH")])])
+    env["PORTLEASE_TEST_NOW"] = repr(now)
+    return env
+
+
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> SteppedClock:
     from pytest_portlease import _clock

@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+from conftest import SteppedClock, child_clock_env
 
 from pytest_portlease import PortLeaser, __version__
 from pytest_portlease._config import PortRange
@@ -34,9 +33,9 @@ class Result(NamedTuple):
 Portlease = Callable[..., Result]
 
 
-def run_script(*args: str, timeout: float = 30) -> Result:
+def run_script(*args: str, timeout: float = 30, env: dict[str, str] | None = None) -> Result:
     done = subprocess.run(
-        [os.fspath(SCRIPT), *args], capture_output=True, text=True, timeout=timeout, check=False
+        [os.fspath(SCRIPT), *args], capture_output=True, text=True, timeout=timeout, check=False, env=env
     )
     return Result(done.returncode, done.stdout, done.stderr)
 
@@ -44,12 +43,13 @@ def run_script(*args: str, timeout: float = 30) -> Result:
 @pytest.fixture(params=["in-process", "script"])
 def portlease(
     request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str], lease_dir: Path,
-    port_range: PortRange,
+    port_range: PortRange, clock: SteppedClock,
 ) -> Portlease:
-    """Run the CLI on the test's lease directory and port range, both ways."""
+    """Run the CLI on the test's lease directory and port range, both ways, on the test's clock
+    (the script's too): what the CLI computes from the time is exact, however slow the call."""
     common = ["--dir", os.fspath(lease_dir), "--range", str(port_range)]
     if request.param == "script":
-        return lambda *args: run_script(*common, *args)
+        return lambda *args: run_script(*common, *args, env=child_clock_env(clock.now))
 
     def in_process(*args: str) -> Result:
         capsys.readouterr()
@@ -87,14 +87,13 @@ def free_ports(port_range: PortRange, count: int) -> int:
     raise AssertionError(f"no {count} free ports in {port_range}")
 
 
-def write_mixed_state(lease_dir: Path, port_range: PortRange) -> dict[str, int]:
+def write_mixed_state(lease_dir: Path, port_range: PortRange, now: float) -> dict[str, int]:
     """A fedimint-style state file with one lease in each state; returns base by state.
 
     Written the way fedimint-portalloc writes it (compact, no owner) plus our owners, so the
     status is read through the full tolerant parser. Its ports bind now, for ``check``.
     """
     low = free_ports(port_range, 40)
-    now = time.time()
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         dead = owner_for(child.pid, "dead one").to_json()
@@ -156,9 +155,9 @@ def test_status_of_an_empty_directory(portlease: Portlease, lease_dir: Path) -> 
 
 
 def test_status_table_shows_every_state_and_changes_nothing(
-    portlease: Portlease, lease_dir: Path, port_range: PortRange
+    portlease: Portlease, lease_dir: Path, port_range: PortRange, clock: SteppedClock
 ) -> None:
-    bases = write_mixed_state(lease_dir, port_range)
+    bases = write_mixed_state(lease_dir, port_range, clock.now)
     before = snapshot_files(lease_dir)
     result = portlease("status")
     assert result.code == 0, result.err
@@ -183,23 +182,21 @@ def test_status_table_shows_every_state_and_changes_nothing(
     by_base = {int(row.split()[0]): row for row in rows}
     live = by_base[bases["live"]].split()
     assert live[1:3] == [str(bases["live"] + 1), "2"]
-    # Written 300 s ahead; a loaded host may take a few seconds to start the script. No bound
-    # on the delay is asserted, only the format and that it counts down from 5 minutes.
-    assert re.fullmatch(r"[1-4]m[0-5][0-9]s|5m00s", live[3]), live[3]
+    assert live[3] == "5m00s"  # 300.5 s left on the test's clock: whole seconds, rounded down
     assert live[4] == f"{os.getpid()}@{hostname()}"
     assert live[5:] == ["live", "live", "one"]
-    assert by_base[bases["expired"]].split()[3].startswith("-")
+    assert by_base[bases["expired"]].split()[3] == "-30s"
     assert "expired" in by_base[bases["expired"]]
     assert "dead owner" in by_base[bases["dead owner"]]
     foreign = by_base[bases["foreign"]].split()
     assert foreign[3:] == [foreign[3], "-", "foreign"]  # no owner, no label
-    assert foreign[3] in ("1m29s", "1m30s")
+    assert foreign[3] == "1m30s"
 
 
 def test_status_json_document(
-    portlease: Portlease, lease_dir: Path, port_range: PortRange
+    portlease: Portlease, lease_dir: Path, port_range: PortRange, clock: SteppedClock
 ) -> None:
-    bases = write_mixed_state(lease_dir, port_range)
+    bases = write_mixed_state(lease_dir, port_range, clock.now)
     before = snapshot_files(lease_dir)
     result = portlease("status", "--json")  # the global option is accepted after the command too
     assert result.code == 0, result.err
@@ -219,15 +216,15 @@ def test_status_json_document(
     live = doc["leases"][0]
     assert live["owner"]["pid"] == os.getpid() and live["owner"]["host"] == hostname()
     assert (live["end"], live["size"], live["label"]) == (bases["live"] + 1, 2, "live one")
-    assert 295 < live["expires_in"] <= 301  # expires is rounded up to whole seconds
+    assert live["expires_in"] == 300.5  # expires is rounded up to whole seconds
     assert doc["leases"][-1]["owner"] is None
 
 
 def test_status_reports_a_corrupt_state_without_touching_it(
-    portlease: Portlease, lease_dir: Path, port_range: PortRange
+    portlease: Portlease, lease_dir: Path, port_range: PortRange, clock: SteppedClock
 ) -> None:
     lease_dir.mkdir()
-    good = f'"{port_range.low}": {{"size": 2, "expires": {int(time.time()) + 60}}}'
+    good = f'"{port_range.low}": {{"size": 2, "expires": {int(clock.now) + 60}}}'
     (lease_dir / STATE_NAME).write_text('{"next": 1, "keys": {' + good + ', "x": 3, ')  # torn
     before = snapshot_files(lease_dir)
     result = portlease("status")
@@ -249,11 +246,9 @@ def test_status_escapes_hostile_labels(portlease: Portlease, lease_dir: Path, po
 
 
 def test_lease_prints_the_base_port_and_outlives_the_command(
-    portlease: Portlease, lease_dir: Path, port_range: PortRange
+    portlease: Portlease, lease_dir: Path, port_range: PortRange, clock: SteppedClock
 ) -> None:
-    before = time.time()
     result = portlease("lease", "3", "--ttl", "600", "--label", "pg")
-    after = time.time()
     assert result.code == 0, result.err
     base = int(result.out)  # nothing else on stdout: PORT=$(portlease lease 3) must work
     assert result.out == f"{base}\n"
@@ -263,8 +258,7 @@ def test_lease_prints_the_base_port_and_outlives_the_command(
     # Of this host, owned by no process: only its TTL ends it. Not "foreign", which is for
     # leases we cannot check (fedimint-portalloc's, another host's).
     assert info.state == "ttl-only"
-    # expires = ceil(now + ttl), with now somewhere during the call: bracketed, however slow it ran.
-    assert math.ceil(before + 600) <= info.expires <= math.ceil(after + 600)
+    assert info.expires == math.ceil(clock.now + 600)
     table = portlease("status")
     (row,) = [line.split() for line in table.out.splitlines() if line.startswith(str(base))]
     assert row[4:6] == [hostname(), "ttl-only"]  # the host alone, not "@host"
@@ -365,22 +359,20 @@ def test_bad_setting_from_the_environment_names_it(monkeypatch: pytest.MonkeyPat
 
 
 def test_renew_extends_and_keeps_the_owner(
-    portlease: Portlease, lease_dir: Path, sleeper: subprocess.Popen[bytes]
+    portlease: Portlease, lease_dir: Path, sleeper: subprocess.Popen[bytes], clock: SteppedClock
 ) -> None:
     base = int(portlease("lease", "2", "--ttl", "5", "--owner-pid", str(sleeper.pid)).out)
-    before = time.time()
     result = portlease("renew", str(base), "--ttl", "900")
-    after = time.time()
     assert (result.code, result.out) == (0, f"renewed {base}-{base + 1} for 900s\n")
     (info,) = PortLeaser(lease_dir).status()
     assert info.pid == sleeper.pid and info.state == "live"
-    assert math.ceil(before + 900) <= info.expires <= math.ceil(after + 900)
+    assert info.expires == math.ceil(clock.now + 900)
 
 
 def test_renew_fails_for_what_is_not_held(
-    portlease: Portlease, lease_dir: Path, port_range: PortRange
+    portlease: Portlease, lease_dir: Path, port_range: PortRange, clock: SteppedClock
 ) -> None:
-    bases = write_mixed_state(lease_dir, port_range)
+    bases = write_mixed_state(lease_dir, port_range, clock.now)
     result = portlease("renew", str(bases["foreign"] + 1), str(bases["expired"]), str(bases["live"]))
     assert result.code == 1
     foreign = bases["foreign"]
@@ -401,8 +393,8 @@ def test_renew_in_a_missing_directory_fails_and_creates_nothing(
 # -- release -----------------------------------------------------------------------------------
 
 
-def test_release_by_base(portlease: Portlease, lease_dir: Path, port_range: PortRange) -> None:
-    bases = write_mixed_state(lease_dir, port_range)
+def test_release_by_base(portlease: Portlease, lease_dir: Path, port_range: PortRange, clock: SteppedClock) -> None:
+    bases = write_mixed_state(lease_dir, port_range, clock.now)
     result = portlease("release", str(bases["foreign"]), str(bases["live"]))
     assert result.code == 0, result.err
     assert result.out.splitlines()[0].startswith(f"released {bases['live']}-{bases['live'] + 1} (live, ")
@@ -457,8 +449,8 @@ def test_check_a_free_port(portlease: Portlease, lease_dir: Path, port_range: Po
     assert not lease_dir.exists()
 
 
-def test_check_a_leased_port(portlease: Portlease, lease_dir: Path, port_range: PortRange) -> None:
-    bases = write_mixed_state(lease_dir, port_range)
+def test_check_a_leased_port(portlease: Portlease, lease_dir: Path, port_range: PortRange, clock: SteppedClock) -> None:
+    bases = write_mixed_state(lease_dir, port_range, clock.now)
     held = portlease("check", str(bases["live"] + 1))
     assert held.code == 1
     assert held.out.startswith(f"{bases['live'] + 1}: held by lease {bases['live']}-{bases['live'] + 1} (live, ")
@@ -492,9 +484,9 @@ def test_check_a_port_bound_by_a_foreign_process(portlease: Portlease, port_rang
 
 
 def test_reclaim_drops_expired_and_dead_owner_leases(
-    portlease: Portlease, lease_dir: Path, port_range: PortRange
+    portlease: Portlease, lease_dir: Path, port_range: PortRange, clock: SteppedClock
 ) -> None:
-    bases = write_mixed_state(lease_dir, port_range)
+    bases = write_mixed_state(lease_dir, port_range, clock.now)
     result = portlease("reclaim")
     assert result.code == 0, result.err
     lines = result.out.splitlines()
@@ -547,9 +539,10 @@ def test_the_default_directory_is_fedimints(tmp_path: Path) -> None:
 
 
 def test_admin_commands_need_no_range_or_ttl(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], lease_dir: Path, port_range: PortRange
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], lease_dir: Path, port_range: PortRange,
+    clock: SteppedClock,
 ) -> None:
-    bases = write_mixed_state(lease_dir, port_range)
+    bases = write_mixed_state(lease_dir, port_range, clock.now)
     monkeypatch.setenv("PORTLEASE_TTL", "soon")
     monkeypatch.setenv("PORTLEASE_RANGE", "9-3")
     assert main(["--dir", os.fspath(lease_dir), "reclaim"]) == 0
