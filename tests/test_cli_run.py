@@ -220,7 +220,8 @@ def test_a_long_run_with_a_short_ttl_keeps_its_lease(
         # scheduler's business; nothing here reads the wall clock.
         wait_for(lambda: status(lease_dir)[0].expires >= first.expires + 3)
         (info,) = status(lease_dir)
-        assert (info.base, info.size, info.pid) == (first.base, first.size, first.pid)
+        # The same lease (its owner may have passed from run to CMD since the first read).
+        assert (info.base, info.size) == (first.base, first.size) and info.pid is not None
     finally:
         done.touch()
     assert run.wait(timeout=15) == 0
