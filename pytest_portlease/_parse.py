@@ -252,6 +252,7 @@ def read_head(doc: dict[str, Any], problems: Problems) -> tuple[int, dict[str, i
 _RANGE_NAME = re.compile(r"\d{1,5}-\d{1,5}")
 _SALVAGE_KEY = re.compile(r'"(\d{1,5})"\s*:\s*(?=\{)')
 _SALVAGE_NEXT = re.compile(r'"next"\s*:\s*(\d{1,5})\b')
+_KEY_END = re.compile(rb'"[ \t\n\r]*:')
 
 
 def _salvage(text: str) -> _Object:
@@ -351,10 +352,10 @@ def parse_line(raw: bytes) -> Entry | None:
         return None
     if not isinstance(member, dict) or len(member) != 1:
         return None
-    # Every key is written '"key": ', so when the text holds exactly as many '":' as the parsed
-    # objects hold keys, no key can have repeated. Otherwise (a repeat, or a string holding '":')
-    # look at every pair.
-    if text.count(b'":') != _keys_in(member):
+    # Every key ends with a quote, JSON whitespace and a colon, so when the text holds exactly as
+    # many of those as the parsed objects hold keys, no key can have repeated. Otherwise (a
+    # repeat, or a string holding '":') look at every pair.
+    if len(_KEY_END.findall(text)) != _keys_in(member):
         member = loads(text)
         if has_duplicates(member):
             return None

@@ -70,9 +70,10 @@ class Store:
         self._state: State | None = None
         self._lines: dict[bytes, Entry] = {}
         self._next_sweep = 0.0
-        # The range lines of the cached bytes, when the cached state is exactly those lines
-        # (our layout): the next load then applies only the lines that changed.
-        self._lines_of_state: set[bytes] | None = None
+        # The range lines of the cached bytes, each with the range it was read as, when the
+        # cached state is exactly those lines (our layout): the next load then applies only the
+        # lines that changed.
+        self._lines_of_state: dict[bytes, Entry] | None = None
 
     # -- the directory ---------------------------------------------------------------------
 
@@ -279,14 +280,13 @@ class Store:
         head, raws = layout
         if len(self._lines) > _LINE_CACHE_MAX:
             self._lines.clear()
-        lines = set(raws)
         if self._state is not None and self._lines_of_state is not None:
-            state = self._patch(self._state, self._lines_of_state, lines, len(raws))
+            state = self._patch(self._state, self._lines_of_state, raws)
         else:
             state = self._build(raws)
         if state is None:
+            self.invalidate()  # the cached state may be patched half-way: the full parser replaces it
             return None
-        self._lines_of_state = lines
         state.next, state.cursors, state.extra = head.next, head.cursors, head.extra
         state.dirty = False
         return state
@@ -304,30 +304,36 @@ class Store:
 
     def _build(self, raws: list[bytes]) -> State | None:
         entries: dict[int, Entry] = {}
+        lines: dict[bytes, Entry] = {}
         for raw in raws:
             if (entry := self._entry_of(raw)) is None or entry.base in entries:
                 return None
-            entries[entry.base] = entry
+            entries[entry.base] = lines[raw] = entry
+        self._lines_of_state = lines
         return State(0, entries, {})
 
-    def _patch(self, state: State, before: set[bytes], now: set[bytes], count: int) -> State | None:
-        added = []
-        for raw in now - before:
+    def _patch(self, state: State, lines: dict[bytes, Entry], raws: list[bytes]) -> State | None:
+        """Apply to ``state``, the reading of ``lines``, the lines of ``raws`` that differ."""
+        now = set(raws)
+        added: dict[bytes, Entry] = {}
+        for raw in now - lines.keys():
             if (entry := self._entry_of(raw)) is None:
                 return None
-            added.append(entry)
-        replaced = {entry.base for entry in added}
-        for raw in before - now:
-            # Our lines start with the quoted base: '"20000": {...}'.
-            if (base := int(raw[1 : raw.index(b'"', 1)])) not in replaced:
+            added[raw] = entry
+        replaced = {entry.base for entry in added.values()}
+        for raw in lines.keys() - now:
+            # The base the line was read as, never one read back from its text: JSON allows a
+            # key written with escapes ("\u0032...") or spaces around it.
+            if (base := lines.pop(raw).base) not in replaced:
                 state.remove(base)
-        for entry in added:
+        for entry in added.values():
             other = state.entries.get(entry.base)
             if state.conflict(entry.base, entry.end) not in (None, other):
                 return None  # overlapping ranges: let the full parser report them
             state.add(entry)
+        lines.update(added)
         # Two lines with one base would leave fewer ranges than lines: the full parser decides.
-        return state if len(state.entries) == count else None
+        return state if len(state.entries) == len(raws) else None
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -341,7 +347,8 @@ class Store:
         except OSError as e:
             self.invalidate()
             raise self._fail("cannot be written", "make it and its state file writable", e) from None
-        self._bytes, self._state, self._lines_of_state = data, state, set(lines)
+        self._bytes, self._state = data, state
+        self._lines_of_state = {entry.line: entry for entry in state.entries.values()}
 
     def write_file(self, name: str, data: bytes) -> None:
         """Atomically replace another small file of ours in the directory (caller holds the lock)."""

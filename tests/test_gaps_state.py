@@ -146,11 +146,6 @@ def test_encode_round_trips_through_our_layout_and_the_full_parser() -> None:
     assert json.loads(empty) == {"next": 7, "keys": {}}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="main's incremental parser reads the base back from the raw line: a key written with a "
-    "JSON escape (\\u0032...) crashes load() when that line goes (left to the state-parser work)",
-)
 def test_a_line_whose_key_is_escaped_does_not_crash_the_next_load(tmp_path: Path) -> None:
     store = Store(tmp_path, "argument")
     store.prepare()
