@@ -12,6 +12,7 @@ SIGKILL has still recorded everything it did up to that instant.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import math
 import os
@@ -628,3 +629,16 @@ MODES: dict[str, Callable[[dict[str, Any]], None]] = {
 
 if __name__ == "__main__":
     MODES[sys.argv[1]](json.loads(sys.argv[2]))
+
+
+def lock_is_held(lock: Path) -> bool:
+    """Whether somebody holds the lock's flock, apart from the engine: a non-blocking try on a
+    description of our own."""
+    fd = os.open(lock, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # drops the flock, if we took it
+    return False

@@ -394,35 +394,30 @@ def test_lock_timeout_names_the_lock_and_its_holder(
     assert str(pickle.loads(pickle.dumps(error))) == str(error)
 
 
-def renewals(leaser: PortLeaser) -> threading.Event:
-    """An event set after each of ``leaser``'s renewals (the heartbeat calls ``self.renew``)."""
+def _signalled(leaser: PortLeaser, name: str) -> threading.Event:
+    """An event set after each call of ``leaser``'s method ``name``, which is wrapped in place."""
     done = threading.Event()
-    renew = leaser.renew
+    method = getattr(leaser, name)
 
-    def counted() -> list[PortBlock]:
+    def signalling() -> object:
         try:
-            return renew()
+            return method()
         finally:
             done.set()
 
-    leaser.renew = counted  # type: ignore[method-assign]
+    setattr(leaser, name, signalling)
     return done
+
+
+def renewals(leaser: PortLeaser) -> threading.Event:
+    """An event set after each of ``leaser``'s renewals (the heartbeat calls ``self.renew``)."""
+    return _signalled(leaser, "renew")
 
 
 def waiting(leaser: PortLeaser) -> threading.Event:
     """An event set once ``leaser``'s heartbeat has read its interval, the time it then waits.
     Installed before the heartbeat starts (it binds ``self._beat_interval`` then)."""
-    read = threading.Event()
-    interval = leaser._beat_interval
-
-    def reading() -> float:
-        try:
-            return interval()
-        finally:
-            read.set()
-
-    leaser._beat_interval = reading  # type: ignore[method-assign]
-    return read
+    return _signalled(leaser, "_beat_interval")
 
 
 def test_the_heartbeat_keeps_leases_past_their_ttl(

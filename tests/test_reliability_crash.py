@@ -7,7 +7,6 @@ lease is still there, and that the dead child's leftovers (its lease, its temp f
 
 from __future__ import annotations
 
-import fcntl
 import json
 import math
 import os
@@ -17,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from _reliability import check_state_bytes, child_argv
+from _reliability import check_state_bytes, child_argv, lock_is_held
 
 from pytest_portlease import PortLeaser
 from pytest_portlease._config import PortRange
@@ -39,18 +38,6 @@ def _seed_state(lease_dir: Path, rng: PortRange, leaser: PortLeaser) -> dict[str
     doc["keys"][str(foreign)] = {"size": 3, "expires": math.ceil(time.time()) + 600}
     (lease_dir / STATE_NAME).write_text(json.dumps(doc))
     return {k: {"size": v["size"]} for k, v in doc["keys"].items()}
-
-
-def _lock_is_free(path: Path) -> bool:
-    """Whether nobody holds the lock's flock: a non-blocking try, apart from the engine."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)  # drops the flock, if we took it
-    return True
 
 
 def _run_crasher(lease_dir: Path, rng: PortRange, op: str, point: str, exchange: bool) -> str:
@@ -100,7 +87,7 @@ def test_crash_at_every_point(
 
         # The next leaser proceeds at once: a dead holder's flock dies with it, as a descriptor
         # of our own shows without waiting. It then reclaims the dead child's lease.
-        assert _lock_is_free(lease_dir / LOCK_NAME)
+        assert not lock_is_held(lease_dir / LOCK_NAME)
         block = survivor.lease(4)
         doc = check_state_bytes((lease_dir / STATE_NAME).read_bytes())
         for base, value in live.items():

@@ -4,7 +4,6 @@ a big state parsed before the lock, and advice that follows the errno."""
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import os
 import subprocess
@@ -13,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _reliability import lock_is_held
 from conftest import free_window
 
 from pytest_portlease import PortleaseError, PortLeaser, PortleaseWarning, PortUnavailable, _backups, _store
@@ -134,18 +134,6 @@ def _big_state(directory: Path, low: int, count: int = 6000) -> bytes:
     return data
 
 
-def _lock_is_held(lock: Path) -> bool:
-    """Independent of the engine: try the flock on a description of our own."""
-    fd = os.open(lock, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
 def test_a_big_unchanged_state_is_parsed_outside_the_lock(
     lease_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -156,7 +144,7 @@ def test_a_big_unchanged_state_is_parsed_outside_the_lock(
     real = _store.parse_tolerant
 
     def watched(data: bytes):  # type: ignore[no-untyped-def]
-        parses.append(_lock_is_held(lease_dir / "lock"))
+        parses.append(lock_is_held(lease_dir / "lock"))
         return real(data)
 
     monkeypatch.setattr(_store, "parse_tolerant", watched)
