@@ -44,12 +44,16 @@ class PortBlock:
 @dataclass
 class LeaseStats:
     """What a leaser's ``lease()`` calls did: blocks and ports leased, seconds spent in them, and
-    the part of those seconds spent waiting for the lock."""
+    the part of those seconds spent waiting for the lock; how often a wait for the lock timed
+    out (in any of its transactions), and how many leases a ``fail_fast`` leaser refused at once
+    after that."""
 
     blocks: int = 0
     ports: int = 0
     seconds: float = 0.0
     lock_wait: float = 0.0
+    lock_timeouts: int = 0
+    failed_at_once: int = 0
 
     def add(self, block: PortBlock, seconds: float, lock_wait: float = 0.0) -> None:
         self.blocks += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import logging
 import math
@@ -37,6 +38,7 @@ from ._status import LeaseInfo, read_status, reclaim
 from ._store import Store, inject
 from .errors import (
     InvalidArgument,
+    LockTimeout,
     PortleaseError,
     PortleaseWarning,
     PortRangeExhausted,
@@ -86,7 +88,10 @@ class PortLeaser:
     """Leases blocks of consecutive ports from a lease directory shared by cooperating processes.
 
     Safe to share between threads. ``owner_pid``: the process whose death ends the leases
-    (``THIS_PROCESS``, the default), or None for leases that only their TTL ends.
+    (``THIS_PROCESS``, the default), or None for leases that only their TTL ends. ``fail_fast``:
+    after one ``LockTimeout``, every later transaction (lease, release, renewal) raises that same
+    error at once instead of waiting again (``lock_timed_out``); the pytest plugin's leaser does,
+    so that a frozen lock holder costs a session one timeout, not one per test.
     """
 
     def __init__(
@@ -100,6 +105,7 @@ class PortLeaser:
         heartbeat: bool = False,
         owner_pid: int | None = THIS_PROCESS,
         run_id: str = "",
+        fail_fast: bool = False,
     ) -> None:
         self.directory_setting: Resolved[Path] = (
             directory if isinstance(directory, Resolved) else resolve_directory(directory)
@@ -120,6 +126,9 @@ class PortLeaser:
         if not isinstance(run_id, str):
             raise InvalidArgument(f"invalid run_id {run_id!r} from argument: expected a string")
         self.run_id = run_id
+        self.fail_fast = fail_fast
+        #: The first LockTimeout of a ``fail_fast`` leaser, raised again by every transaction since.
+        self.lock_timed_out: LockTimeout | None = None
         self.store = Store(self.directory, self.directory_setting.source)
         self.stats = LeaseStats()
         self._held: dict[int, tuple[PortBlock, float]] = {}  # base -> (block, ttl)
@@ -187,12 +196,16 @@ class PortLeaser:
         with self._mutex:
             if self._closed:
                 raise PortleaseError("this PortLeaser is closed; create a new one")
+            if (first := self.lock_timed_out) is not None:
+                # The same error, with this caller's traceback: a copy, since callers in other
+                # threads raise it too (pickle's way, which keeps the holder; see errors.py).
+                raise copy.copy(first).with_traceback(None)
             inject("before-lock")
             self.store.prepare()
             self.store.preread()  # a big state is parsed here, not while every waiter waits
             inject("preread")
             waited = time.perf_counter()
-            if self._lock.acquire(self.lock_timeout):
+            if self._acquire():
                 # Written meanwhile by processes that locked another inode: nothing cached holds.
                 self.store.invalidate()
             # Read by lease() under the same mutex: the summary counts the lock waits of the
@@ -221,12 +234,21 @@ class PortLeaser:
         if self._lock.is_current():
             return
         self._lock.release()
-        self._lock.acquire(self.lock_timeout)
+        self._acquire()
         if self.store.read_bytes() != self.store.loaded_bytes:
             raise _lock.Replaced(
                 f"the lock file {self.store.lock_path} was replaced while this process held it, "
                 f"and the state changed meanwhile; nothing was written: retry"
             )
+
+    def _acquire(self) -> bool:
+        try:
+            return self._lock.acquire(self.lock_timeout)
+        except LockTimeout as e:
+            self.stats.lock_timeouts += 1
+            if self.fail_fast:
+                self.lock_timed_out = e
+            raise
 
     def _transact(self, body: Callable[[State], _T]) -> _T:
         """``body`` in a transaction, run again when the lock file was replaced under it."""
@@ -307,6 +329,8 @@ class PortLeaser:
             return base
 
         with self._mutex:
+            if self.lock_timed_out is not None:
+                self.stats.failed_at_once += 1  # the transaction raises it at once
             base = self._transact(body)
             if isinstance(base, PortleaseError):
                 raise base

@@ -40,16 +40,15 @@ from ._config import (
     resolve_ttl,
 )
 from ._leaser import PortBlock, PortLeaser
-from .errors import InvalidArgument, LockTimeout, PortleaseError, PortUnavailable
+from .errors import InvalidArgument, PortleaseError, PortUnavailable
 
 #: The memory of named blocks, next to the state file but apart from it: fedimint-portalloc
 #: rewrites ``fm-portalloc.json`` without our fields, and must not be able to erase this.
 NAMES_FILE = "portlease-names.json"
 _NAMES_KEEP = 1000  # newest entries kept; every pytester run adds a rootdir
-#: Figures of the engine's LeaseStats, summed over the session's leaser and the xdist workers.
-_STATS = ("blocks", "ports", "seconds", "lock_wait")
-#: The session's own: lock timeouts, and leases refused at once after one.
-_FIGURES = (*_STATS, "lock_timeouts", "failed_at_once")
+#: Figures of the engine's LeaseStats, summed over the session's leaser and the xdist workers:
+#: among them lock timeouts, and leases refused at once after one.
+_FIGURES = ("blocks", "ports", "seconds", "lock_wait", "lock_timeouts", "failed_at_once")
 _WARNINGS_SHOWN = 20  # distinct warnings in the summary; the rest are counted
 _session_key = pytest.StashKey["PortleaseSession"]()
 
@@ -110,9 +109,6 @@ class PortleaseSession:
         self._named: dict[str, PortBlock] = {}
         self._create = threading.Lock()
         self._closed = False
-        #: The first LockTimeout of the session: a frozen holder would cost every later lease the
-        #: whole timeout again, so they fail at once with it.
-        self.lock_timed_out: LockTimeout | None = None
         #: The patches installed (undone at the session's end), and those asked for whose
         #: tool is not installed.
         self.patches: list[patches.Patch] = []
@@ -137,27 +133,19 @@ class PortleaseSession:
                 raise PortleaseError("the pytest session has ended and released its leases")
             if self._leaser is None:
                 _leaser.ephemeral_overlap_reported(self.port_range.value)  # in the report header
+                # fail_fast: a frozen lock holder would cost every later lease of the session the
+                # whole timeout again. In the leaser, because every way of leasing ends there:
+                # these fixtures, the port_leaser fixture (the leaser itself) and the patches.
                 self._leaser = _leaser.PortLeaser(
                     self.directory, port_range=self.port_range, ttl=self.ttl, label=self.label,
-                    lock_timeout=self.lock_timeout, heartbeat=True, run_id=self.run_id,
+                    lock_timeout=self.lock_timeout, heartbeat=True, run_id=self.run_id, fail_fast=True,
                 )
             return self._leaser
 
     @contextlib.contextmanager
     def _leasing(self) -> Iterator[PortLeaser]:
-        if (first := self.lock_timed_out) is not None:
-            self.figures["failed_at_once"] += 1
-            # The same error, with this test's traceback instead of the earlier test's. (A copy
-            # by args would lose the holder: OSError, a base of TimeoutError, keeps two args.)
-            raise first.with_traceback(None)
-        try:
-            with self.leaser.recording_warnings(self.keep_warnings) as leaser:
-                yield leaser
-        except LockTimeout as e:
-            if self.lock_timed_out is None:
-                self.lock_timed_out = e
-                self.figures["lock_timeouts"] += 1
-            raise
+        with self.leaser.recording_warnings(self.keep_warnings) as leaser:
+            yield leaser
 
     def keep_warnings(self, caught: list[warnings.WarningMessage]) -> None:
         for w in caught:
@@ -224,8 +212,8 @@ class PortleaseSession:
             leaser, self._leaser, self._closed = self._leaser, None, True
         if leaser is None:
             return
-        if self.lock_timed_out is not None:
-            # Releasing would wait out the timeout once more: the TTL ends these leases.
+        if leaser.lock_timed_out is not None:
+            # Releasing would fail with it at once: the TTL ends these leases, without a warning.
             for block in leaser.held:
                 leaser.detach(block)
         # Not under _leasing: close() joins the heartbeat, which may be waiting for the mutex.
@@ -240,7 +228,7 @@ class PortleaseSession:
                 )
         self.keep_warnings(caught)
         stats = leaser.stats  # port_leaser users lease directly: count from the engine
-        for name in _STATS:
+        for name in _FIGURES:
             self.figures[name] += getattr(stats, name)
 
     def merge(self, output: dict[str, Any]) -> None:
@@ -481,5 +469,6 @@ def free_port(request: pytest.FixtureRequest) -> Iterator[int]:
 
 @pytest.fixture(scope="session")
 def port_leaser(pytestconfig: pytest.Config) -> PortLeaser:
-    """The session's ``PortLeaser``, released when the session ends."""
+    """The session's ``PortLeaser``, released when the session ends. After one LockTimeout it
+    fails at once, as the other fixtures do."""
     return get_session(pytestconfig).leaser

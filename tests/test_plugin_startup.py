@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from _users import PYTEST_PACKAGES, as_nobody, world_dir
@@ -109,26 +110,40 @@ sys.stdin.read()  # until the test closes our stdin
 """
 
 
+class Holder(NamedTuple):
+    pid: int
+    cmd: str  # its command line as the test started it: what the error must say it is
+
+
 @pytest.fixture
-def held_lock(lease_dir: Path, port_range: PortRange) -> Iterator[int]:
-    """The lease directory's lock, held by another process until the test ends; yields its pid."""
+def held_lock(lease_dir: Path, port_range: PortRange, tmp_path: Path) -> Iterator[Holder]:
+    """The lease directory's lock, held by another process until the test ends."""
     with PortLeaser(lease_dir, port_range=port_range) as leaser:
         leaser.release(leaser.lease(1))  # creates the directory and the lock file
-    with subprocess.Popen(
-        [sys.executable, "-c", HOLD, os.fspath(lease_dir / "lock")],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    ) as holder:
+    (tmp_path / "hold.py").write_text(HOLD)
+    # Relative paths keep the command line short enough to be shown whole (120 characters).
+    argv = [sys.executable, "hold.py", os.fspath((lease_dir / "lock").relative_to(tmp_path))]
+    with subprocess.Popen(argv, cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as holder:
         assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
         try:
-            yield holder.pid
+            yield Holder(holder.pid, " ".join(argv))
         finally:
             holder.communicate("")
+
+
+def _lock_timeouts(result: pytest.RunResult, holder: Holder, count: int) -> None:
+    """``count`` tests failed with one and the same LockTimeout, which names the holder's pid
+    and what it is."""
+    timeouts = [line for line in result.outlines if line.startswith("E ") and "LockTimeout" in line]
+    assert len(timeouts) == count, result.outlines
+    assert len({line.partition("LockTimeout")[2] for line in timeouts}) == 1, timeouts  # the same message
+    assert f"; held by pid {holder.pid} ({holder.cmd}), which is sleeping" in timeouts[0], timeouts[0]
 
 
 @pytest.mark.parametrize("how", ["option", "ini", "env"])
 def test_after_one_lock_timeout_later_leases_fail_at_once(
     pytester: pytest.Pytester, portlease_args: list[str], monkeypatch: pytest.MonkeyPatch,
-    held_lock: int, how: str,
+    held_lock: Holder, how: str,
 ) -> None:
     pytester.makepyfile(
         "def test_a(free_port): pass\ndef test_b(free_port): pass\ndef test_c(port_block): port_block(2)\n"
@@ -145,12 +160,77 @@ def test_after_one_lock_timeout_later_leases_fail_at_once(
     result = pytester.runpytest_subprocess(*args, "-p", "no:xdist")
     result.assert_outcomes(passed=0, errors=2, failed=1)
     assert f"lock timeout 1s (from {source})" in result.stdout.str()
-    timeouts = [line for line in result.outlines if line.startswith("E ") and "LockTimeout" in line]
-    assert len(timeouts) == 3, result.outlines
-    assert len({line.partition("LockTimeout")[2] for line in timeouts}) == 1  # the same message
+    _lock_timeouts(result, held_lock, 3)
     # The first waited; the other two were refused at once (counted, not timed).
     result.stdout.fnmatch_lines([
         "portlease: the lock timed out; 2 later leases failed at once with the same error "
+        "instead of waiting again"
+    ])
+
+
+# Every way a session leases, after the first LockTimeout: the patched tools, the port_leaser
+# fixture, the plugin's own fixtures. The nested conftest counts, through the engine's test seam,
+# how often the session went to wait for the lock: once, whichever way came first.
+EVERY_WAY = """
+import port_for, portpicker
+
+def test_port_for():
+    port_for.get_port(None)
+
+def test_select_random():
+    port_for.select_random()
+
+def test_portpicker():
+    portpicker.pick_unused_port()
+
+def test_unused_tcp_port(unused_tcp_port):
+    pass
+
+def test_port_leaser(port_leaser):
+    port_leaser.lease(1)
+
+def test_port_block(port_block):
+    port_block(1)
+
+def test_free_port(free_port):
+    pass
+"""
+FIRST = {
+    "port_block": "def test_first(port_block):\n    port_block(2)\n",
+    "port_for": "import port_for\n\ndef test_first():\n    port_for.get_port(None)\n",
+    "port_leaser": "def test_first(port_leaser):\n    port_leaser.lease(2)\n",
+}
+COUNT_WAITS = """
+from pytest_portlease import _store
+
+waits = 0
+
+def _count(point):
+    global waits
+    if point == "preread":  # the last step before the lock is waited for
+        waits += 1
+
+_store.fault = _count
+
+def pytest_terminal_summary(terminalreporter):
+    terminalreporter.write_line(f"lock waits: {waits}")
+"""
+
+
+@pytest.mark.parametrize("first", sorted(FIRST))
+def test_one_lock_timeout_per_session_whichever_way_leases(
+    pytester: pytest.Pytester, portlease_args: list[str], held_lock: Holder, first: str
+) -> None:
+    pytester.makeconftest(COUNT_WAITS)
+    pytester.makepyfile(test_0_first=FIRST[first], test_1_every_way=EVERY_WAY)
+    result = pytester.runpytest_subprocess(
+        *portlease_args, "-p", "no:xdist", "-W", "error", "--portlease-patch=all", "--portlease-lock-timeout=1"
+    )
+    result.assert_outcomes(failed=6, errors=2)  # the fixtures' leases fail at setup
+    _lock_timeouts(result, held_lock, 8)
+    assert "lock waits: 1" in result.outlines
+    result.stdout.fnmatch_lines([
+        "portlease: the lock timed out; 7 later leases failed at once with the same error "
         "instead of waiting again"
     ])
 

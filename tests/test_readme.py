@@ -4,8 +4,10 @@ Each ```python block is preceded by ``<!-- readme-test: MODE ... -->``, which sa
 
 - ``run``: the block is a test module; it runs under ``-n 2`` and must leave no process behind;
 - ``script``: the block is a script, run with ``python``;
-- ``collect``: the block is a conftest.py for services this CI has no engine for (PostgreSQL
-  with a fixed binary path, Docker); it must import and define its fixtures;
+- ``collect``: the block is a conftest.py for what the test suite does not have (PostgreSQL
+  and Redis binaries, pytest-httpserver, a Docker engine); it must import and define its
+  fixtures, and nothing in it is started, so the README's Development section names each such
+  block's section (``test_the_readme_names_the_blocks_it_only_collects``);
 - ``fixture NAME -n N [django|flask]`` (marked ``integration``, run by ``-m integration``): the
   block is a conftest.py; eight tests that each use
   fixture NAME, and check that the server it gives is their own, run under ``-n N`` with the
@@ -117,6 +119,21 @@ def blocks() -> list[tuple[str, str]]:
 
 def test_every_python_block_has_a_mode() -> None:
     assert len(blocks()) >= 8
+
+
+def test_the_readme_names_the_blocks_it_only_collects() -> None:
+    # A block that is only collected must not pass for one that runs: the README says which.
+    text = README.read_text()
+    sections = []
+    for match in BLOCK.finditer(text):
+        if match.group(1).split()[0] == "collect":
+            heading = re.findall(r"^### (.+)$", text[: match.start()], re.M)[-1]
+            sections.append(f'"{heading}"')
+    assert sections, "no collect-only block: drop this test and the README's sentence"
+    named = ", ".join(sections[:-1]) + f" and {sections[-1]}" if len(sections) > 1 else sections[0]
+    development = " ".join(text[text.index("\n## Development\n"):].split())
+    assert f"only imported as a conftest.py and their fixtures collected; nothing in them is " \
+           f"started: the blocks under {named}." in development
 
 
 def _leftovers(marker: str) -> list[int]:
