@@ -91,7 +91,8 @@ def test_the_fixtures_lease_whatever_the_plugin_order(
     elif order == "conftest-plugins":
         pytester.makeconftest('pytest_plugins = ["pytest_asyncio.plugin"]')
         args = ["-p", "no:asyncio", *args]
-    result = pytester.runpytest_subprocess("-s", "--portlease-patch=asyncio", *args)
+    # -W error: a suite with filterwarnings = error gets no deprecation from our fixtures.
+    result = pytester.runpytest_subprocess("-s", "-W", "error", "--portlease-patch=asyncio", *args)
     result.assert_outcomes(passed=2)
     line = next(x for x in result.outlines if "RESOLVED" in x)
     resolved = json.loads(line.split("RESOLVED ", 1)[1])

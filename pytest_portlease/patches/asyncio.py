@@ -83,12 +83,14 @@ class AsyncioPorts:
         yield from _one_port(request)
 
     @pytest.fixture(scope="session")
-    def unused_tcp_port_factory(self, request: pytest.FixtureRequest) -> Iterator[Callable[[], int]]:
+    @classmethod  # a session-scoped fixture as an instance method is deprecated (pytest 9)
+    def unused_tcp_port_factory(cls, request: pytest.FixtureRequest) -> Iterator[Callable[[], int]]:
         """A factory of different leased TCP ports, released when the session ends (pytest-portlease)."""
         yield from _factory(request)
 
     @pytest.fixture(scope="session")
-    def unused_udp_port_factory(self, request: pytest.FixtureRequest) -> Iterator[Callable[[], int]]:
+    @classmethod  # a session-scoped fixture as an instance method is deprecated (pytest 9)
+    def unused_udp_port_factory(cls, request: pytest.FixtureRequest) -> Iterator[Callable[[], int]]:
         """A factory of different leased UDP ports, released when the session ends (pytest-portlease)."""
         yield from _factory(request)
 
