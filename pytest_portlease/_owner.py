@@ -207,7 +207,7 @@ def describe_process(pid: int) -> tuple[str | None, str | None]:
     """The command line of ``pid`` (shortened) and its state letter (proc(5): R running,
     S sleeping, D disk wait, T stopped, t traced), each None where /proc does not say."""
     raw = _read(f"/proc/{pid}/cmdline")
-    cmd = " ".join(raw.split("\0")).strip() if raw else None
+    cmd = " ".join(raw.replace("\0", " ").split()) if raw else None  # one line, whatever argv holds
     if cmd and len(cmd) > 120:
         cmd = cmd[:117] + "..."
     stat = _read(f"/proc/{pid}/stat")

@@ -9,6 +9,7 @@ import os
 import pickle
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -73,3 +74,23 @@ def test_a_frozen_lock_holder(lease_dir: Path, port_range: PortRange) -> None:
         spans = sorted([(before.base, 1), (held["base"], held["size"]), (after.base, 2)])
         assert all(a + n <= b for (a, n), (b, _) in itertools.pairwise(spans)), spans
         assert leaser.release(before)
+
+
+def test_a_holder_with_a_multi_line_command_is_named_on_one_line(lease_dir: Path, port_range: PortRange) -> None:
+    # python -c "<script>" puts newlines in /proc/PID/cmdline: the error stays one line.
+    script = ("import fcntl, sys\nfd = open(sys.argv[1], 'a')\nfcntl.flock(fd, fcntl.LOCK_EX)\n"
+              "print('locked', flush=True)\nsys.stdin.read()\n")
+    lease_dir.mkdir(exist_ok=True)
+    with subprocess.Popen([sys.executable, "-c", script, os.fspath(lease_dir / LOCK_NAME)],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as holder:
+        assert holder.stdin is not None and holder.stdout is not None
+        try:
+            assert holder.stdout.readline().strip() == "locked"
+            rng = (port_range.low + 700, port_range.low + 709)
+            with pytest.raises(LockTimeout) as info, PortLeaser(lease_dir, port_range=rng, lock_timeout=0.1) as leaser:
+                leaser.lease(1)
+        finally:
+            holder.communicate("", timeout=60)
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"held by pid {holder.pid} ({sys.executable} -c import fcntl, sys fd = open(" in message
