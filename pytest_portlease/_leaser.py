@@ -266,8 +266,14 @@ class PortLeaser:
         # crash of ours is freed only by the TTL. Every transaction puts back the ones we hold.
         for base, (block, _) in self._held.items():
             entry = state.entries.get(base)
-            if entry is not None and entry.owner is None and entry.size == block.size:
-                state.add(dataclasses.replace(entry, owner=self._owner(block.label)))
+            if entry is None or entry.owner is not None or entry.size != block.size:
+                continue
+            mine = self._owner(block.label)
+            if not entry.co_owners:
+                state.add(dataclasses.replace(entry, owner=mine))
+            elif mine.process is not None and mine.process not in entry.processes:
+                # A merged range: its TTL may be another copy's, so we join as a co-owner.
+                state.add(dataclasses.replace(entry, co_owners=(*entry.co_owners, mine)))
 
     # -- leasing -------------------------------------------------------------------------------
 

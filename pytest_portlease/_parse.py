@@ -17,6 +17,7 @@ import contextlib
 import json
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -210,19 +211,37 @@ def entry_of(key: object, value: object, problems: Problems) -> Entry | None:
         if owner is None:
             example = f"range {key}: malformed owner {_short(value['owner'])}"
             problems.note("{n} range(s) kept without their malformed owner", example)
-    extra = tuple((k, v) for k, v in value.items() if k not in ("size", "expires", "owner"))
+    co_owners = _co_owners(key, value, problems)
+    extra = tuple((k, v) for k, v in value.items() if k not in ("size", "expires", "owner", "co_owners"))
     if extra and not _is_json(dict(extra)):
         problems.note("{n} range(s) had fields that are not JSON (NaN, Infinity), removed (ranges kept)", key)
         extra = tuple((k, v) for k, v in extra if _is_json(v))
-    return Entry(base, max(sizes), expires, owner, extra)
+    return Entry(base, max(sizes), expires, owner, extra, co_owners)
+
+
+def _co_owners(key: str, value: dict[str, Any], problems: Problems) -> tuple[Owner, ...]:
+    if "co_owners" not in value:
+        return ()
+    raw = value["co_owners"]
+    owners = [Owner.from_json(o) for o in raw] if isinstance(raw, list) else [None]
+    if None in owners:
+        problems.note("{n} range(s) kept without their malformed co-owners", f"range {key}")
+    return _unique(o for o in owners if o is not None and o.process is not None)
+
+
+def _unique(owners: Iterable[Owner]) -> tuple[Owner, ...]:
+    return tuple(dict.fromkeys(owners))
 
 
 def merge(a: Entry, b: Entry) -> Entry:
-    """Two readings of one base as one range covering both: the larger size, the later expiry;
-    the owner only if both agree (else none: the TTL decides, never a dead copy's owner)."""
+    """Two readings of one base as one range held while either would be: the larger size, the
+    later expiry. Where the owners differ the TTL decides, and every owner is kept as a
+    co-owner: one provably alive holds the range, a dead one never frees a copy its TTL holds."""
     later = a if a.expires >= b.expires else b
+    owners = (a.owner, b.owner, *a.co_owners, *b.co_owners)
     owner = a.owner if a.owner == b.owner else None
-    return Entry(a.base, max(a.size, b.size), later.expires, owner, later.extra)
+    co_owners = _unique(o for o in owners if o is not None and o != owner and o.process is not None)
+    return Entry(a.base, max(a.size, b.size), later.expires, owner, later.extra, co_owners)
 
 
 def read_head(doc: dict[str, Any], problems: Problems) -> tuple[int, dict[str, int], dict[str, Any]]:

@@ -174,7 +174,7 @@ def _hand_over(leaser: PortLeaser, block: PortBlock, pid: int) -> None:
     with leaser.transaction() as state:
         entry = state.entries.get(block.base)
         if entry is not None and entry.size == block.size:
-            state.add(Entry(entry.base, entry.size, entry.expires, owner, entry.extra))
+            state.add(Entry(entry.base, entry.size, entry.expires, owner, entry.extra, entry.co_owners))
     # Renewals now write CMD as the owner, and recognise the lease as ours by it.
     leaser.owner_pid = pid
 

@@ -43,6 +43,10 @@ class Entry:
     expires: float
     owner: Owner | None = None
     extra: tuple[tuple[str, Any], ...] = field(default=(), compare=False)
+    #: Owners of other copies of this range (a duplicate or zero-padded key, merged by the
+    #: parser): any of them provably alive holds the range whatever ``expires`` says, and a dead
+    #: one frees nothing. Each has a pid; written as our field ``co_owners``.
+    co_owners: tuple[Owner, ...] = ()
 
     @property
     def end(self) -> int:
@@ -54,6 +58,12 @@ class Entry:
     def process(self) -> Process | None:
         return None if self.owner is None else self.owner.process
 
+    @property
+    def processes(self) -> list[Process]:
+        """Every process whose liveness can hold the range: the owner's and the co-owners'."""
+        found = [] if self.owner is None or self.owner.process is None else [self.owner.process]
+        return found + [p for o in self.co_owners if (p := o.process)]
+
     @cached_property
     def line(self) -> bytes:
         """The entry as one line of our layout. fedimint reads ``expires`` as a u64: write an int
@@ -63,6 +73,8 @@ class Entry:
         value.update(self.extra)
         if self.owner is not None:
             value["owner"] = self.owner.to_json()
+        if self.co_owners:
+            value["co_owners"] = [o.to_json() for o in self.co_owners]
         return f'"{self.base}": {json.dumps(value)}'.encode("ascii")
 
 
@@ -86,6 +98,9 @@ class State:
         # What reclaim needs without a pass over every range: the owning processes (with how
         # many ranges each holds), and a bound no range expires before.
         self.processes: Counter[Process] = Counter(p for e in entries.values() if (p := e.process))
+        for entry in entries.values():
+            if entry.co_owners:
+                self.processes.update(o.process for o in entry.co_owners if o.process)
         self.soonest = min((e.expires for e in entries.values()), default=math.inf)
 
     def _find_overlap(self) -> tuple[Entry, Entry] | None:
@@ -109,8 +124,7 @@ class State:
         else:
             bisect.insort(self.bases, entry.base)
         self.entries[entry.base] = entry
-        if entry.process:
-            self.processes[entry.process] += 1
+        self.processes.update(entry.processes)
         self.soonest = min(self.soonest, entry.expires)
         self.dirty = True
 
@@ -125,10 +139,11 @@ class State:
         return entry
 
     def _forget(self, entry: Entry) -> None:
-        if entry.process and (left := self.processes[entry.process] - 1):
-            self.processes[entry.process] = left
-        elif entry.process:
-            del self.processes[entry.process]
+        for process in entry.processes:
+            if left := self.processes[process] - 1:
+                self.processes[process] = left
+            else:
+                del self.processes[process]
 
     def conflict(self, low: int, high: int) -> Entry | None:
         """An entry overlapping ``low..high``: the one reaching furthest, so a scan may jump past it."""

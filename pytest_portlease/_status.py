@@ -63,8 +63,8 @@ def lease_state(entry: Entry, now: float, seen: Verdicts | None = None) -> str:
     """
     process = entry.process
     verdict = _without_pid(entry) if process is None else _verdict(process, seen)
-    if verdict == "live":
-        return verdict
+    if verdict == "live" or _live_co_owner(entry, seen) is not None:
+        return "live"
     return "expired" if entry.expires <= now else verdict
 
 
@@ -74,6 +74,10 @@ def _verdict(process: _owner.Process, seen: Verdicts | None) -> str:
     if (verdict := seen.get(process)) is None:
         verdict = seen[process] = _owner.process_state(process)
     return verdict
+
+
+def _live_co_owner(entry: Entry, seen: Verdicts | None) -> _owner.Owner | None:
+    return next((o for o in entry.co_owners if o.process and _verdict(o.process, seen) == "live"), None)
 
 
 def _without_pid(entry: Entry) -> str:
@@ -86,7 +90,8 @@ def _without_pid(entry: Entry) -> str:
 
 
 def lease_info(entry: Entry, now: float, seen: Verdicts | None = None) -> LeaseInfo:
-    owner = entry.owner or _owner.Owner(None, None, "", "", "")
+    # A merged range without an owner shows the co-owner that holds it, if one is alive.
+    owner = entry.owner or _live_co_owner(entry, seen) or _owner.Owner(None, None, "", "", "")
     return LeaseInfo(
         entry.base, entry.size, entry.expires, owner.pid, owner.start, owner.host, owner.ns,
         owner.label, lease_state(entry, now, seen), owner.run,
@@ -114,6 +119,8 @@ def reclaim(state: State, now: float, ttl: float = DEFAULT_TTL) -> list[Entry]:
     dropped = []
     for entry in list(state.entries.values()):
         verdict = "foreign" if entry.process is None else verdicts[entry.process]
+        if any(verdicts[p] == "live" for p in entry.processes):
+            verdict = "live"  # a co-owner of a merged range (see _parse.merge)
         if verdict == "dead owner" or (entry.expires <= now and verdict != "live"):
             dropped.append(entry)
             state.remove(entry.base)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import fnmatch
 import logging
 import math
@@ -148,7 +149,7 @@ def cmd_renew(args: argparse.Namespace) -> int:
                 failed.append(_not_held(state, base, entry, now))
                 continue
             # Keep the owner: renewing a lease on someone's behalf does not make it ours.
-            state.add(Entry(base, entry.size, expires, entry.owner, entry.extra))
+            state.add(dataclasses.replace(entry, expires=expires))
             renewed.append({"base": base, "end": entry.end, "expires": expires})
     text = "\n".join(f"renewed {view.span(r['base'], r['end'])} for {ttl:g}s" for r in renewed)
     if renewed or args.json:

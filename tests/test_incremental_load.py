@@ -47,6 +47,8 @@ def range_lines(draw: st.DrawFn) -> bytes:
     if draw(st.booleans()):
         pid = draw(st.sampled_from(["1", "2", '"x"']))  # "x": a malformed owner
         fields.append(("owner", f'{{"pid": {pid}, "start": 1, "host": "h"}}'))
+    if draw(st.booleans()):  # our field of merged copies; "[1]": malformed
+        fields.append(("co_owners", draw(st.sampled_from(['[{"pid": 3, "start": 1, "host": "h"}]', "[1]"]))))
     if draw(st.booleans()):
         fields.append(("x", "[1]"))
     if draw(st.booleans()):  # a field given twice

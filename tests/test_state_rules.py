@@ -267,3 +267,43 @@ def test_forty_thousand_bad_keys_make_a_short_pytest_summary(
     assert 1 <= len(summary) <= 5, summary
     assert any("dropped 40000 ranges" in line for line in summary)
 
+
+
+# -- 9.6: the union of two copies keeps every owner that can hold the range ----------------------
+
+
+def _owner(pid: int) -> Any:
+    from pytest_portlease._owner import Owner
+
+    return Owner(pid, 1, "h", "ns", f"label {pid}")
+
+
+def test_merge_keeps_an_owner_the_copies_agree_on() -> None:
+    from pytest_portlease._parse import merge
+    from pytest_portlease._state import Entry
+
+    merged = merge(Entry(10, 3, PAST, _owner(1)), Entry(10, 2, FUTURE, _owner(1)))
+    assert (merged.size, merged.expires, merged.owner, merged.co_owners) == (3, FUTURE, _owner(1), ())
+
+
+@pytest.mark.parametrize("other", [None, 2])
+def test_merge_of_differing_owners_leaves_the_ttl_and_every_owner_as_co_owner(other: int | None) -> None:
+    from pytest_portlease._parse import merge, parse_line
+    from pytest_portlease._state import Entry, State
+
+    b = Entry(10, 3, PAST, None if other is None else _owner(other))
+    for merged in (merge(Entry(10, 3, PAST, _owner(1)), b), merge(b, Entry(10, 3, PAST, _owner(1)))):
+        assert merged.owner is None
+        assert set(merged.co_owners) == {_owner(1), *([] if other is None else [_owner(other)])}
+        # Written and read back, the co-owners survive, and the state counts their processes.
+        assert parse_line(merged.line) == merged
+        assert set(State(0, {10: merged}, {}).processes) == {o.process for o in merged.co_owners}
+
+
+def test_a_malformed_co_owners_field_is_dropped_and_the_range_kept(lease_dir: Path, port_range: PortRange) -> None:
+    from pytest_portlease._parse import parse_tolerant
+
+    low = port_range.low
+    loaded = parse_tolerant(json.dumps({"keys": {str(low): {"size": 1, "expires": FUTURE, "co_owners": 5}}}).encode())
+    assert loaded.state.entries[low].co_owners == () and loaded.lossy
+    assert any("co-owners" in p for p in loaded.problems)
