@@ -16,7 +16,10 @@
 #   REALSERVERS_MODE=separate   the switch on, but each run with a lease directory of its own;
 #                               reports, never fails
 #   REALSERVERS_MODE=contrast   off, then separate
-#   REALSERVERS_REPEAT=N        double runs to make (default 1)
+#   REALSERVERS_MODE=all        patched, then off, then separate; fails only as patched does
+#   REALSERVERS_REPEAT=N        double runs to make in each mode (default 1)
+#   REALSERVERS_CONTRAST_REPEAT=N  double runs for off and separate under contrast and all
+#                               (default REALSERVERS_REPEAT)
 #   REALSERVERS_RANGE=LOW-HIGH  the ports both runs share (default 15000-15099)
 #   REALSERVERS_WORKERS=N       xdist workers per run (default 4)
 #   REALSERVERS_TIMEOUT=S       seconds one pytest run may take (default 300): a worker that
@@ -37,12 +40,33 @@ VENV=${REALSERVERS_VENV:-/var/tmp/portlease-realservers}
 
 say() { printf 'realservers: %s\n' "$*"; }
 die() { say "FAILED: $*" >&2; exit 1; }
-[[ $MODE =~ ^(patched|off|separate|contrast)$ ]] \
-    || die "REALSERVERS_MODE must be patched, off, separate or contrast, not '$MODE'"
-if [[ $MODE == contrast ]]; then
-    REALSERVERS_MODE=off bash "${BASH_SOURCE[0]}"
-    REALSERVERS_MODE=separate bash "${BASH_SOURCE[0]}"
-    exit 0
+[[ $MODE =~ ^(patched|off|separate|contrast|all)$ ]] \
+    || die "REALSERVERS_MODE must be patched, off, separate, contrast or all, not '$MODE'"
+[[ $REPEAT =~ ^[1-9][0-9]*$ ]] || die "REALSERVERS_REPEAT must be a positive integer, not '$REPEAT'"
+# One row per mode, appended by each mode's run: the parent of contrast and all prints them together.
+TABLE=${REALSERVERS_TABLE:-}
+print_table() {
+    printf 'realservers: %-9s %11s %8s %14s %15s %12s %8s\n' mode 'double runs' servers \
+        'failed starts' 'port conflicts' 'failed runs' seconds
+    while read -r mode runs servers failed conflicts failed_runs seconds; do
+        printf 'realservers: %-9s %11s %8s %14s %15s %12s %8s\n' "$mode" "$runs" "$servers" \
+            "$failed" "$conflicts" "$failed_runs" "$seconds"
+    done <"$1"
+}
+if [[ $MODE == contrast || $MODE == all ]]; then
+    modes=(off separate)
+    [[ $MODE == contrast ]] || modes=(patched off separate)
+    TABLE=$(mktemp /tmp/portlease-realservers-table.XXXXXX)
+    rc=0
+    for mode in "${modes[@]}"; do
+        repeat=${REALSERVERS_CONTRAST_REPEAT:-$REPEAT}
+        [[ $mode != patched ]] || repeat=$REPEAT
+        REALSERVERS_MODE=$mode REALSERVERS_REPEAT=$repeat REALSERVERS_TABLE=$TABLE \
+            bash "${BASH_SOURCE[0]}" || rc=$?
+    done
+    print_table "$TABLE"
+    rm -f "$TABLE"
+    exit "$rc"
 fi
 
 is_root() { [[ $(id -u) == 0 ]]; }
@@ -207,6 +231,12 @@ say "$MODE: $servers servers started ($pg postgresql, $redis redis, $mysql maria
     "$conflicts port conflicts ($in_use address already in use, $already already running on" \
     "the port, $shared ports served twice; 'address already in use' in pytest logs: $in_logs)," \
     "$failed_runs of $((2 * REPEAT)) pytest runs failed, $((SECONDS - started_at))s"
+row="$MODE $REPEAT $servers $failed_starts $conflicts $failed_runs $((SECONDS - started_at))"
+if [[ -n $TABLE ]]; then
+    printf '%s\n' "$row" >>"$TABLE"
+else
+    print_table <(printf '%s\n' "$row")
+fi
 
 if [[ $MODE == patched ]]; then
     ((failed_runs == 0)) || die "$failed_runs pytest run(s) failed"

@@ -143,3 +143,27 @@ def test_the_factory_signature_is_theirs() -> None:
     from pytest_portlease.patches.asyncio import _Factory
 
     assert list(inspect.signature(_Factory("x")).parameters) == []
+
+
+def test_the_patch_is_undone_at_the_session_end(pytester: pytest.Pytester, portlease_args: list[str]) -> None:
+    # In-process, so that the outer test holds the nested session's plugin manager after its end:
+    # the patch is a plugin object registered on it, and its undo unregisters it.
+    import pytest_asyncio.plugin as theirs
+
+    from pytest_portlease.patches import asyncio as patch
+
+    pytester.makeini(INI)
+    pytester.makepyfile(
+        """
+        def test_one(request, unused_tcp_port):
+            fixturedef = request._fixturemanager.getfixturedefs("unused_tcp_port", request.node)[-1]
+            assert fixturedef.func.__module__ == "pytest_portlease.patches.asyncio"
+        """
+    )
+    originals = {name: getattr(theirs, name) for name in patch.FIXTURES}
+    reprec = pytester.inline_run("-p", "asyncio", "--portlease-patch=asyncio", *portlease_args)
+    reprec.assertoutcome(passed=1)
+    config = reprec.getcall("pytest_unconfigure").config
+    assert config.pluginmanager.get_plugin(patch.PLUGIN_NAME) is None
+    assert not any(isinstance(p, patch.AsyncioPorts) for p in config.pluginmanager.get_plugins())
+    assert {name: getattr(theirs, name) for name in patch.FIXTURES} == originals

@@ -80,3 +80,32 @@ def test_without_the_switch_portpicker_is_untouched(
     )
     result = pytester.runpytest_subprocess(*portlease_args)
     result.assert_outcomes(passed=1)
+
+
+def test_the_patch_is_undone_at_the_session_end(pytester: pytest.Pytester, portlease_args: list[str]) -> None:
+    # In-process, the outer test sees what the nested session left behind.
+    import importlib
+    import sys
+
+    import portpicker
+
+    pytester.syspathinsert()
+    pytester.makepyfile(
+        picker_user="from portpicker import pick_unused_port, return_port\n",
+        test_one="""
+        import picker_user, portpicker
+
+        def test_one():
+            assert portpicker.pick_unused_port.__module__ == "pytest_portlease.patches.portpicker"
+            assert picker_user.return_port.__module__ == "pytest_portlease.patches.portpicker"
+        """,
+    )
+    originals = {name: getattr(portpicker, name) for name in ("pick_unused_port", "return_port", "PickUnusedPort")}
+    picker_user = importlib.import_module("picker_user")  # loaded before the session: it is rebound
+    finders = list(sys.meta_path)
+    result = pytester.runpytest("-p", "no:asyncio", "--portlease-patch=portpicker", *portlease_args)
+    result.assert_outcomes(passed=1)
+    assert {name: getattr(portpicker, name) for name in originals} == originals
+    assert picker_user.pick_unused_port is originals["pick_unused_port"]
+    assert picker_user.return_port is originals["return_port"]
+    assert sys.meta_path == finders
