@@ -219,7 +219,11 @@ class PortLeaser:
                 yield state
                 if state.dirty:
                     self._still_locked()
-                    self.store.save(state)
+                    if not self.store.save(state):
+                        raise _lock.Replaced(
+                            f"the lock file {self.store.lock_path} was replaced while this process "
+                            f"held it, and another process wrote the state meanwhile; put back: retry"
+                        )
                     state.dirty = False
             except BaseException:
                 self.store.invalidate()

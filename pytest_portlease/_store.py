@@ -64,6 +64,7 @@ class Store:
         self._temp_b = b""
         self._temp_pid = 0
         self._temp_kept = False  # the last write left the swapped-out file under our temp name
+        self._read_id: tuple[int, int] | None = None  # the state file last read (device, inode)
         self.file_mode = 0o600
         self._prepared = False
         self._bytes: bytes | None = None
@@ -166,7 +167,12 @@ class Store:
     def read_bytes(self) -> bytes:
         """The state file's bytes; b"" when it is missing. A symlink is not followed."""
         fd = self._open_state()
-        return b"" if fd is None else self._read_bounded(fd)
+        if fd is None:
+            self._read_id = _identity(self._state_b)  # a symlink ignored is still what we saw
+            return b""
+        st = os.fstat(fd)
+        self._read_id = (st.st_dev, st.st_ino)
+        return self._read_bounded(fd)
 
     def _read_bounded(self, fd: int) -> bytes:
         """Read and close ``fd``; a file too big to be a state is refused, never read whole."""
@@ -337,18 +343,29 @@ class Store:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def save(self, state: State) -> None:
-        """Write the state so that no reader and no crash ever sees it torn."""
+    def save(self, state: State) -> bool:
+        """Write the state so that no reader and no crash ever sees it torn.
+
+        False when the file our write swapped out is not the one we last read: another writer's,
+        written since (under a lock file that replaced ours). That file is put back, and nothing
+        of ours stays written: a write never erases one it did not read.
+        """
         lines = state.lines()
         data = state.encode(lines)
         self._remove_stale_temps()
         try:
             self._write_new(self._state_b, data)
+            if self._temp_kept and _identity(self._temp_b) != self._read_id:
+                self.invalidate()
+                if not _exchange(self._temp_b, self._state_b):
+                    raise OSError(errno.ENOENT, "the state file vanished", self.state_path)
+                return False
         except OSError as e:
             self.invalidate()
             raise self._fail("cannot be written", "make it and its state file writable", e) from None
         self._bytes, self._state = data, state
         self._lines_of_state = {entry.line: entry for entry in state.entries.values()}
+        return True
 
     def write_file(self, name: str, data: bytes) -> None:
         """Atomically replace another small file of ours in the directory (caller holds the lock)."""
@@ -509,6 +526,14 @@ def _alive(pid_text: str) -> bool:
 
 _RENAME_EXCHANGE = 2
 _renameat2: Any = None
+
+
+def _identity(path: bytes) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _exchange(src: bytes, dst: bytes) -> bool:

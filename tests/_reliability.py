@@ -576,11 +576,15 @@ def _mode_crash(args: dict[str, Any]) -> None:
 
 
 def _mode_hold_lock(args: dict[str, Any]) -> None:
-    """Lease, but stop inside the lock: print ``locked``, wait for a line on stdin, go on."""
+    """Lease, but stop inside the lock the first time the fault seam reaches ``at`` (default
+    ``locked``): print ``locked``, wait for a line on stdin, go on."""
     from pytest_portlease import PortLeaser, _store
 
+    stops = [args.get("at", "locked")]
+
     def fault(where: str) -> None:
-        if where == "locked":
+        if where in stops:
+            stops.clear()
             print("locked", flush=True)
             sys.stdin.readline()
 

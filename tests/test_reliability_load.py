@@ -7,14 +7,18 @@ The scale is small by default so that the suite stays quick; ``PORTLEASE_LOAD_PR
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import subprocess
 from pathlib import Path
 
 import pytest
-from _reliability import run_load
+from _reliability import check_state_bytes, child_argv, run_load
 
 from pytest_portlease._config import PortRange
+from pytest_portlease._state import STATE_NAME
+from pytest_portlease._store import LOCK_NAME
 
 pytestmark = pytest.mark.reliability
 
@@ -70,3 +74,62 @@ def test_the_lock_file_removed_and_replaced_under_running_leasers(
     assert report.unbindable == []
     assert report.state_errors == []
     assert len(report.grants) == 6 * 80
+
+
+def test_a_lock_file_removed_just_before_a_write_never_grants_twice(
+    lease_dir: Path, port_range: PortRange
+) -> None:
+    # The writer checked that its lock is still the one the path names, then the lock file is
+    # removed, and a second process locks the new file and reads the state before the first
+    # one's write lands: both would grant the same ports, and the second write would erase the
+    # first grant. The first writer must find out after its write, and lease again.
+    rng = [port_range.low + 800, port_range.low + 801]
+    argv = child_argv("hold-lock", directory=os.fspath(lease_dir), port_range=rng, at="before-replace")
+    with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as first:
+        assert first.stdin is not None and first.stdout is not None
+        try:
+            assert first.stdout.readline().strip() == "locked"  # its new state is written, not yet in place
+            (lease_dir / LOCK_NAME).unlink()
+            second = json.loads(subprocess.run(
+                child_argv("lease", directory=os.fspath(lease_dir), port_range=rng, size=2),
+                capture_output=True, text=True, check=True, timeout=60,
+            ).stdout)
+        finally:
+            out, err = first.communicate("\n", timeout=60)
+    assert second == {"base": rng[0], "size": 2}
+    # The whole window is the second's: the first, leasing again, finds nothing left.
+    assert first.returncode != 0 and "PortRangeExhausted" in err, (out, err)
+    keys = check_state_bytes((lease_dir / STATE_NAME).read_bytes())["keys"]
+    assert {k: v["size"] for k, v in keys.items()} == {str(rng[0]): 2}
+
+
+def test_a_write_over_ours_from_a_new_lock_file_is_seen(lease_dir: Path, port_range: PortRange) -> None:
+    # The other order: the first writer's state lands, then the second (which read the state
+    # before it, under the new lock file) would write over it. It must not: it leases again.
+    rng = [port_range.low + 810, port_range.low + 811]
+    lock = lease_dir / LOCK_NAME
+
+    def paused() -> subprocess.Popen[str]:
+        argv = child_argv("hold-lock", directory=os.fspath(lease_dir), port_range=rng, at="before-replace")
+        child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True)
+        assert child.stdout is not None and child.stdout.readline().strip() == "locked"
+        return child
+
+    first = paused()
+    try:
+        lock.unlink()
+        second = paused()  # it locked the new file and read the state without the first's grant
+        try:
+            out1, err1 = first.communicate("\n", timeout=60)  # its write lands first
+        finally:
+            out2, err2 = second.communicate("\n", timeout=60)
+    finally:
+        if first.returncode is None:
+            first.kill()
+            first.communicate()
+    assert first.returncode == 0 and json.loads(out1) == {"base": rng[0], "size": 2}, err1
+    assert second.returncode != 0 and "PortRangeExhausted" in err2, (out2, err2)
+    keys = check_state_bytes((lease_dir / STATE_NAME).read_bytes())["keys"]
+    assert {k: v["size"] for k, v in keys.items()} == {str(rng[0]): 2}
