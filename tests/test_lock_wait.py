@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from _reliability import child_argv
 
-from pytest_portlease import LockTimeout, PortLeaser
+from pytest_portlease import LockTimeout, PortLeaser, _lock
 from pytest_portlease._config import PortRange
 from pytest_portlease._store import LOCK_NAME
 
@@ -144,3 +144,40 @@ def test_a_timed_out_wait_says_what_is_known_and_leaves_the_lock_free(
     probe = "import fcntl, os, sys; fcntl.flock(os.open(sys.argv[1], os.O_RDWR), fcntl.LOCK_EX | fcntl.LOCK_NB)"
     assert subprocess.run([sys.executable, "-c", probe, os.fspath(lock)], timeout=60).returncode == 0
     leaser.close()
+
+
+def test_without_flock_the_wait_polls_until_the_holder_lets_go(
+    lease_dir: Path, port_range: PortRange, holder: subprocess.Popen[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Where fcntl is missing (not POSIX) the wait polls filelock's non-blocking lock: it must
+    # still give up at the deadline, name the holder, and take the lock once it is free.
+    monkeypatch.setattr(_lock, "_blocking_wait_available", lambda: False)
+    with PortLeaser(lease_dir, port_range=port_range, lock_timeout=0.2) as leaser:
+        with pytest.raises(LockTimeout) as info:
+            leaser.lease(1)
+        assert info.value.holder_pid == holder.pid
+        assert info.value.timeout == 0.2
+        assert info.value.waited >= 0.2
+        assert not [t for t in threading.enumerate() if t.name == "portlease-lock-waiter"]
+    assert holder.stdin is not None
+    holder.stdin.write("\n")
+    holder.stdin.flush()
+    with PortLeaser(lease_dir, port_range=port_range, lock_timeout=120) as leaser:
+        block = leaser.lease(1)  # polls until the holder, told to let go, has unlocked
+        assert block.base in port_range
+    assert not [t for t in threading.enumerate() if t.name == "portlease-lock-waiter"]
+
+
+def test_poll_lock_gives_up_at_its_deadline_and_takes_a_free_lock(tmp_path: Path) -> None:
+    path = tmp_path / "lock"
+    path.touch()
+    mine = os.open(path, os.O_RDWR)
+    other = os.open(path, os.O_RDWR)  # its own open file description: flock excludes it
+    try:
+        assert _lock.poll_lock(mine, 0.0)
+        assert not _lock.poll_lock(other, 0.05)
+        _lock.unlock(mine)
+        assert _lock.poll_lock(other, 0.0)
+    finally:
+        os.close(mine)
+        os.close(other)
