@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import worker_range
 from fedimint_model import EXIT_PANIC, Allocator, Panic, SerdeError, parse, parses, pretty
 from fedimint_model._alloc import ALLOCATION_TIME_SECS, first_unbindable
 
@@ -116,12 +117,14 @@ def _write(directory: Path, doc: object) -> None:
     (directory / "fm-portalloc.json").write_text(json.dumps(doc))
 
 
-def _free_block(size: int, low: int = 20000) -> int:
-    # A start whose ports the crate's own check (TCP on 127.0.0.1) finds free now.
-    for base in range(low, low + 4000, size):
+def _free_block(size: int) -> int:
+    # A start in this xdist worker's slice (no other test of the suite binds there) whose ports
+    # the crate's own check (TCP on 127.0.0.1) finds free now.
+    rng = worker_range()
+    for base in range(rng.low, rng.high - size + 2, size):
         if first_unbindable(base, base + size) is None:
             return base
-    raise AssertionError("no free block")
+    raise AssertionError(f"no free block of {size} in {rng}")
 
 
 def test_fresh_directory_starts_at_port_zero(tmp_path: Path) -> None:
