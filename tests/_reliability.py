@@ -37,6 +37,32 @@ def child_argv(mode: str, **args: Any) -> list[str]:
     return [sys.executable, os.fspath(CHILD), mode, json.dumps(args)]
 
 
+@contextlib.contextmanager
+def holding(
+    directory: Path, port_range: object, *, size: int, ttl: float
+) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """A child that leases ``size`` ports (no heartbeat) and holds them until its stdin closes:
+    (the child, the block's base). It must then exit cleanly."""
+    code = (
+        "import sys\n"
+        "from pytest_portlease import PortLeaser\n"
+        f"leaser = PortLeaser({os.fspath(directory)!r}, port_range={str(port_range)!r}, ttl={ttl!r})\n"
+        f"print(leaser.lease({size}).base, flush=True)\n"
+        "sys.stdin.read()\n"
+        "leaser.close()\n"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as proc:
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            yield proc, int(proc.stdout.readline())
+        finally:
+            proc.stdin.close()
+            proc.wait(timeout=60)
+        assert proc.returncode == 0
+
+
 def check_state_bytes(data: bytes) -> dict[str, Any]:
     """Parse a state file strictly, the way fedimint-portalloc's serde would; raise ValueError.
 

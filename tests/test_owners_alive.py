@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _reliability import holding
 from conftest import free_window
 
 from pytest_portlease import PortLeaser
@@ -69,24 +70,8 @@ def _run(code: str, argv: list[str] | None = None) -> dict[str, Any]:
 @pytest.fixture
 def holder(lease_dir: Path, window: PortRange) -> Iterator[tuple[subprocess.Popen[str], int]]:
     """A child holding both ports of the window (TTL 5 s, no heartbeat) until its stdin closes."""
-    code = textwrap.dedent(f"""
-        import sys
-        from pytest_portlease import PortLeaser
-        leaser = PortLeaser({os.fspath(lease_dir)!r}, port_range={str(window)!r}, ttl=5)
-        print(leaser.lease(2).base, flush=True)
-        sys.stdin.read()
-        leaser.close()
-    """)
-    with subprocess.Popen(
-        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    ) as proc:
-        assert proc.stdin is not None and proc.stdout is not None
-        try:
-            yield proc, int(proc.stdout.readline())
-        finally:
-            proc.stdin.close()
-            proc.wait(timeout=60)
-        assert proc.returncode == 0
+    with holding(lease_dir, window, size=2, ttl=5) as held:
+        yield held
 
 
 def test_a_clock_step_does_not_take_an_alive_owners_ports(

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _reliability import check_state_bytes
+from _reliability import check_state_bytes, holding
 from conftest import child_clock_env, free_window
 
 from pytest_portlease import PortleaseWarning
@@ -82,24 +82,8 @@ def _lease(lease_dir: Path, rng: PortRange, *, port: int | None = None, now: flo
 @pytest.fixture
 def holder(lease_dir: Path, window: PortRange) -> Iterator[tuple[int, int]]:
     """A child holding the whole window (no heartbeat) until its stdin closes: (pid, base)."""
-    code = textwrap.dedent(f"""
-        import sys
-        from pytest_portlease import PortLeaser
-        leaser = PortLeaser({os.fspath(lease_dir)!r}, port_range={str(window)!r}, ttl=600)
-        print(leaser.lease({SIZE}).base, flush=True)
-        sys.stdin.read()
-        leaser.close()
-    """)
-    with subprocess.Popen(
-        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    ) as proc:
-        assert proc.stdin is not None and proc.stdout is not None
-        try:
-            yield proc.pid, int(proc.stdout.readline())
-        finally:
-            proc.stdin.close()
-            proc.wait(timeout=60)
-        assert proc.returncode == 0
+    with holding(lease_dir, window, size=SIZE, ttl=600) as (proc, base):
+        yield proc.pid, base
 
 
 def _dead_pid() -> int:
