@@ -9,11 +9,14 @@ TTL, because "I can't see that pid" proves nothing there.
 from __future__ import annotations
 
 import os
+import re
 import socket
 from dataclasses import dataclass
-from functools import cache, cached_property
+from functools import cache
 from pathlib import Path
 from typing import Any, NamedTuple
+
+_PLAIN = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]*").fullmatch
 
 
 class Process(NamedTuple):
@@ -64,10 +67,22 @@ class Owner:
         run = data.get("run", "")
         return cls(pid, start, host, ns, label, run if isinstance(run, str) else "")
 
-    @cached_property
+    @property
+    def plain(self) -> bool:
+        """Does ``to_json`` encode as ``json.dumps`` would without escapes: a pid and a start,
+        and strings of printable ASCII with no quote or backslash?"""
+        text = self.host + self.ns + self.label + self.run
+        return self.pid is not None and self.start is not None and _PLAIN(text) is not None
+
+    @property
     def process(self) -> Process | None:
-        """The owning process, or None for a lease that no process owns (TTL only)."""
-        return None if self.pid is None else Process(self.pid, self.start, self.host, self.ns)
+        """The owning process, or None for a lease that no process owns (TTL only). Made once
+        (by hand: ``cached_property`` takes a lock on Python 3.11, and every range's owner is
+        asked when a state is read)."""
+        process: Process | None = self.__dict__.get("_process")
+        if process is None and self.pid is not None:
+            process = self.__dict__["_process"] = Process(self.pid, self.start, self.host, self.ns)
+        return process
 
 
 

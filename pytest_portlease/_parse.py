@@ -361,9 +361,40 @@ def split_layout(data: bytes) -> tuple[State, list[bytes]] | None:
     return (state, raws) if inner.count(b"\n") == len(raws) - 1 else None
 
 
+# A JSON string that ``json.dumps`` writes as it is: printable ASCII, no quote, no backslash.
+_PLAIN = rb'"([\x20\x21\x23-\x5b\x5d-\x7e]*)"'
+#: The line ``Entry.line`` writes for a range with at most an owner (pid, start, host, ns, label,
+#: run), every string plain and every number canonical: read without a JSON parser, and its
+#: bytes are the entry's line as it would write it.
+_CANONICAL = re.compile(
+    rb'"(0|[1-9][0-9]{0,4})": \{"size": (0|[1-9][0-9]{0,4}), "expires": (0|[1-9][0-9]{0,19})'
+    rb'(?:, "owner": \{"pid": ([1-9][0-9]{0,18}), "start": (0|[1-9][0-9]{0,18}), '
+    rb'"host": ' + _PLAIN + rb', "ns": ' + _PLAIN + rb', "label": ' + _PLAIN
+    + rb'(?:, "run": "([\x20\x21\x23-\x5b\x5d-\x7e]+)")?\})?\}'
+)
+
+
+def _canonical(raw: bytes) -> Entry | None:
+    """A line as ``Entry.line`` writes it, read with its line already known; None otherwise."""
+    if (m := _CANONICAL.fullmatch(raw)) is None:
+        return None
+    key, size_text, expires_text, pid, start, host, ns, label, run = m.groups()
+    base, size, expires = int(key), int(size_text), int(expires_text)
+    if base > 65535 or size > 65535 or expires > U64_MAX:
+        return None  # the full reading notes what is out of bounds
+    owner = None
+    if pid is not None:
+        owner = Owner(int(pid), int(start), host.decode(), ns.decode(), label.decode(), run.decode() if run else "")
+    return Entry.with_line(raw, base, size, expires, owner)
+
+
 def parse_line(raw: bytes) -> Entry | None:
     """One line of our layout, ``"base": {...}``, as a sound range; None for anything else
     (then the full parser reads the file and describes what is wrong)."""
+    return _canonical(raw) or _json_line(raw)
+
+
+def _json_line(raw: bytes) -> Entry | None:
     text = b"{" + raw + b"}"
     try:
         member = json.loads(text)  # C speed; the hook costs a Python call per object

@@ -19,7 +19,6 @@ import threading
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any
 
 from ._owner import Owner, Process
@@ -64,18 +63,53 @@ class Entry:
         found = [] if self.owner is None or self.owner.process is None else [self.owner.process]
         return found + [p for o in self.co_owners if (p := o.process)]
 
-    @cached_property
+    @classmethod
+    def with_line(cls, line: bytes, *args: Any) -> Entry:
+        """The entry of ``args``, whose line is known to be ``line`` (a reader that found it
+        written exactly as ``line`` would write it): the first save encodes nothing again."""
+        entry = cls(*args)
+        entry.__dict__["_line"] = line
+        return entry
+
+    @property
     def line(self) -> bytes:
-        """The entry as one line of our layout. fedimint reads ``expires`` as a u64: write an int
-        within it (a negative one reads as expired either way)."""
-        expires = min(max(math.ceil(self.expires), 0), U64_MAX)
-        value: dict[str, Any] = {"size": self.size, "expires": expires}
+        """The entry as one line of our layout, encoded once (by hand: ``cached_property``
+        takes a lock on Python 3.11, which cost more than the encoding)."""
+        line: bytes | None = self.__dict__.get("_line")
+        if line is None:
+            line = self.__dict__["_line"] = self._encode()
+        return line
+
+    def _encode(self) -> bytes:
+        """``json_line``, written without a JSON encoder for the usual range (an owner with a
+        pid, strings that need no escape, nothing else)."""
+        owner = self.owner
+        if self.extra or self.co_owners or (owner is not None and not owner.plain):
+            return self.json_line()
+        head = f'"{self.base}": {{"size": {self.size}, "expires": {_expires(self.expires)}'
+        if owner is None:
+            return f"{head}}}".encode("ascii")
+        run = f', "run": "{owner.run}"' if owner.run else ""
+        return (
+            f'{head}, "owner": {{"pid": {owner.pid}, "start": {owner.start}, "host": "{owner.host}", '
+            f'"ns": "{owner.ns}", "label": "{owner.label}"{run}}}}}'
+        ).encode("ascii")
+
+    def json_line(self) -> bytes:
+        """The entry as one line of our layout, through the JSON encoder."""
+        value: dict[str, Any] = {"size": self.size, "expires": _expires(self.expires)}
         value.update(self.extra)
         if self.owner is not None:
             value["owner"] = self.owner.to_json()
         if self.co_owners:
             value["co_owners"] = [o.to_json() for o in self.co_owners]
         return f'"{self.base}": {json.dumps(value)}'.encode("ascii")
+
+
+def _expires(expires: float) -> int:
+    """``expires`` as we write it: fedimint reads a u64, so an int within it (a negative one
+    reads as expired either way)."""
+    return min(max(math.ceil(expires), 0), U64_MAX)
 
 
 class State:

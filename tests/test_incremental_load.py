@@ -60,6 +60,37 @@ def range_lines(draw: st.DrawFn) -> bytes:
     return f"{key}: {{{value}}}".encode()
 
 
+# Strings as a writer may leave them: plain (first, most often), then escaped as json.dumps
+# escapes, raw UTF-8.
+PLAIN = [b"h", b"", b"gw0 t.py::t[a-1]", b"ns/1"]
+ESCAPED = [b'q\\"x', b"\\u00e9", "é".encode(), b"a\\\\b"]
+
+
+@st.composite
+def owned_lines(draw: st.DrawFn) -> bytes:
+    """Lines in ``Entry.line``'s own form (which is read without a JSON parser), and near it:
+    numbers at and past their bounds, a pid of 0, an empty run, escaped and non-ASCII strings."""
+
+    def pick(usual: list[bytes], rare: list[bytes]) -> bytes:
+        return draw(st.sampled_from(usual if draw(st.integers(0, 3)) else rare))
+
+    base = pick([b"100", b"101", b"65535"], [b"65536", b"0100"])
+    size = pick([b"1", b"3", b"65535"], [b"0", b"65536", b"01"])
+    expires = pick([b"%d" % FAR, b"0", b"%d" % (2**64 - 1)], [b"%d" % 2**64, b"1.5"])
+    line = b'"%s": {"size": %s, "expires": %s' % (base, size, expires)
+    if draw(st.integers(0, 3)):
+        pid = pick([b"1", b"2", b"99999999"], [b"0"])
+        host, ns, label = (pick(PLAIN, ESCAPED) for _ in range(3))
+        line += b', "owner": {"pid": %s, "start": 1, "host": "%s", "ns": "%s", "label": "%s"' % (pid, host, ns, label)
+        run = draw(st.sampled_from([None, b"r", b""]))
+        line += b"}" if run is None else b', "run": "%s"}' % run
+    return line + b"}"
+
+
+def any_lines() -> st.SearchStrategy[bytes]:
+    return st.one_of(range_lines(), owned_lines())
+
+
 def render(next_port: int, lines: list[bytes]) -> bytes:
     head = b'{"next": %d, "keys": {' % next_port
     return b"\n".join([head, b",\n".join(lines), b"}}\n"] if lines else [head, b"}}\n"])
@@ -105,7 +136,7 @@ EDITS = ["add", "add", "remove", "change", "swap", "respace", "repeat", "torn", 
     max_examples=int(os.environ.get("PORTLEASE_HYPOTHESIS_EXAMPLES", "200")),
     suppress_health_check=[HealthCheck.too_slow],
 )
-@given(st.lists(range_lines(), max_size=5), st.data())
+@given(st.lists(any_lines(), max_size=5), st.data())
 def test_each_incremental_load_reads_what_a_full_parse_reads(lines: list[bytes], data: st.DataObject) -> None:
     with tempfile.TemporaryDirectory() as directory:
         store = Store(Path(directory), "argument")
@@ -115,7 +146,7 @@ def test_each_incremental_load_reads_what_a_full_parse_reads(lines: list[bytes],
             edit = data.draw(st.sampled_from(EDITS), label="edit")
             at = data.draw(st.integers(0, max(len(lines) - 1, 0)), label="at")
             if edit == "add":
-                lines.insert(at, data.draw(range_lines()))
+                lines.insert(at, data.draw(any_lines()))
             elif edit == "next":
                 next_port = data.draw(st.sampled_from([0, 100, 30000]))
             elif edit == "save":
@@ -130,7 +161,7 @@ def test_each_incremental_load_reads_what_a_full_parse_reads(lines: list[bytes],
             elif lines and edit == "remove":
                 del lines[at]
             elif lines and edit == "change":
-                lines[at] = data.draw(range_lines())
+                lines[at] = data.draw(any_lines())
             elif lines and edit == "swap":
                 other = data.draw(st.integers(0, len(lines) - 1))
                 lines[at], lines[other] = lines[other], lines[at]
