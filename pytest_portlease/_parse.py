@@ -334,11 +334,11 @@ def _parse(data: bytes, problems: Problems) -> State:
     return State(next_port, entries, extra, cursors)
 
 
-def split_layout(data: bytes) -> tuple[State, list[bytes]] | None:
-    """The head (``next``, cursors, other top-level fields) as an empty state, and the range
-    lines of our layout: ``{"next": N, "keys": {`` / one ``"base": {...}`` per line,
-    comma-terminated but the last / ``}}``. None for any other layout, or a head with problems
-    (the full parser describes them)."""
+def split_head(data: bytes) -> tuple[State, int] | None:
+    """The head of our layout (``next``, cursors, other top-level fields) as an empty state,
+    and where the range lines start: ``{"next": N, "keys": {`` / one ``"base": {...}`` per
+    line, comma-terminated but the last / ``}}``. None for any other layout, or a head with
+    problems (the full parser describes them)."""
     head_end = data.find(b"\n")
     if head_end < 0 or not data.endswith(b"\n}}\n") or not data[:head_end].endswith(b'"keys": {'):
         return None
@@ -350,15 +350,7 @@ def split_layout(data: bytes) -> tuple[State, list[bytes]] | None:
         return None
     problems = Problems()
     next_port, cursors, extra = read_head(head, problems)
-    if problems:
-        return None
-    inner = data[head_end + 1 : -4]
-    state = State(next_port, {}, extra, cursors)
-    if not inner:
-        return state, []
-    # A raw newline cannot occur inside a JSON string: every one here ends a line.
-    raws = inner.split(b",\n")
-    return (state, raws) if inner.count(b"\n") == len(raws) - 1 else None
+    return None if problems else (State(next_port, {}, extra, cursors), head_end + 1)
 
 
 # A JSON string that ``json.dumps`` writes as it is: printable ASCII, no quote, no backslash.

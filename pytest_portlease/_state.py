@@ -19,6 +19,7 @@ import threading
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from ._owner import Owner, Process
@@ -68,21 +69,13 @@ class Entry:
         """The entry of ``args``, whose line is known to be ``line`` (a reader that found it
         written exactly as ``line`` would write it): the first save encodes nothing again."""
         entry = cls(*args)
-        entry.__dict__["_line"] = line
+        entry.__dict__["line"] = line  # where ``cached_property`` keeps it
         return entry
 
-    @property
+    @cached_property
     def line(self) -> bytes:
-        """The entry as one line of our layout, encoded once (by hand: ``cached_property``
-        takes a lock on Python 3.11, which cost more than the encoding)."""
-        line: bytes | None = self.__dict__.get("_line")
-        if line is None:
-            line = self.__dict__["_line"] = self._encode()
-        return line
-
-    def _encode(self) -> bytes:
-        """``json_line``, written without a JSON encoder for the usual range (an owner with a
-        pid, strings that need no escape, nothing else)."""
+        """The entry as one line of our layout: ``json_line``, written without a JSON encoder
+        for the usual range (an owner with a pid, strings that need no escape, nothing else)."""
         owner = self.owner
         if self.extra or self.co_owners or (owner is not None and not owner.plain):
             return self.json_line()

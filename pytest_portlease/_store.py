@@ -25,8 +25,9 @@ from ._backups import BACKUP_PREFIX as BACKUP_PREFIX  # re-exported: other modul
 from ._backups import KEEP_BACKUPS as KEEP_BACKUPS
 from ._backups import keep_backup
 from ._files import MAX_STATE_BYTES, advice, open_regular, read_all
-from ._parse import parse_line, parse_tolerant, split_layout
-from ._state import STATE_NAME, Entry, State, _warn_once
+from ._layout import Lines
+from ._parse import parse_tolerant
+from ._state import STATE_NAME, State, _warn_once
 from .errors import PortleaseError
 
 LOCK_NAME = "lock"
@@ -35,7 +36,6 @@ TEMP_PREFIX = f"{STATE_NAME}.tmp-"
 #: when the bytes under the lock are the same: the lock is then held for one lease's work, not
 #: for a parse of megabytes that every waiter would repeat in turn.
 PREREAD_BYTES = 256 << 10
-_LINE_CACHE_MAX = 50_000
 SWEEP_INTERVAL = 10.0
 
 # Test seam: the crash tests set this in a child process to SIGKILL it at a named point.
@@ -69,12 +69,11 @@ class Store:
         self._prepared = False
         self._bytes: bytes | None = None
         self._state: State | None = None
-        self._lines: dict[bytes, Entry] = {}
+        self._lines = Lines()
         self._next_sweep = 0.0
-        # The range lines of the cached bytes, each with the range it was read as, when the
-        # cached state is exactly those lines (our layout): the next load then applies only the
-        # lines that changed.
-        self._lines_of_state: dict[bytes, Entry] | None = None
+        # The cached state is exactly the range lines of the cached bytes (our layout): the
+        # next load then applies only the lines that changed.
+        self._exact = False
 
     # -- the directory ---------------------------------------------------------------------
 
@@ -248,7 +247,7 @@ class Store:
             if loaded.problems:  # the backup and the warnings belong under the lock
                 self.invalidate()
                 return
-            state, self._lines_of_state = loaded.state, None
+            state, self._exact = loaded.state, False
         state.lines()  # each range's line is cached now: the save under the lock reuses them
         self._bytes, self._state = data, state
 
@@ -259,7 +258,7 @@ class Store:
             return self._state  # nobody wrote since we last read (or preread) or wrote
         state = self._parse_lines(data)
         if state is None:
-            self._lines_of_state = None
+            self._exact = False
             loaded = parse_tolerant(data)
             state = loaded.state
             if loaded.problems:
@@ -276,70 +275,15 @@ class Store:
         """Parse our own layout, reusing what is already known; None for any other layout.
 
         When we hold the state of the bytes we last saw, only the lines that differ are applied
-        to it: another writer usually changed one or two ranges, and rebuilding a state of
-        thousands would cost more than the rest of the lease.
+        to it (``_layout``): another writer usually changed one or two ranges, and rebuilding a
+        state of thousands would cost more than the rest of the lease.
         """
-        layout = split_layout(data)
-        if layout is None:
-            self.invalidate_lines()
-            return None
-        head, raws = layout
-        if len(self._lines) > _LINE_CACHE_MAX:
-            self._lines.clear()
-        if self._state is not None and self._lines_of_state is not None:
-            state = self._patch(self._state, self._lines_of_state, raws)
-        else:
-            state = self._build(raws)
-        if state is None:
+        known = (self._bytes, self._state) if self._exact and self._bytes and self._state else None
+        state = self._lines.read(data, known)
+        if state is None and known is not None:
             self.invalidate()  # the cached state may be patched half-way: the full parser replaces it
-            return None
-        state.next, state.cursors, state.extra = head.next, head.cursors, head.extra
-        state.dirty = False
+        self._exact = state is not None
         return state
-
-    def invalidate_lines(self) -> None:
-        # The cached state may have been patched half-way: it no longer matches any bytes.
-        if self._lines_of_state is not None:
-            self.invalidate()
-
-    def _entry_of(self, raw: bytes) -> Entry | None:
-        entry = self._lines.get(raw)
-        if entry is None and (entry := parse_line(raw)) is not None:
-            self._lines[raw] = entry
-        return entry
-
-    def _build(self, raws: list[bytes]) -> State | None:
-        entries: dict[int, Entry] = {}
-        lines: dict[bytes, Entry] = {}
-        for raw in raws:
-            if (entry := self._entry_of(raw)) is None or entry.base in entries:
-                return None
-            entries[entry.base] = lines[raw] = entry
-        self._lines_of_state = lines
-        return State(0, entries, {})
-
-    def _patch(self, state: State, lines: dict[bytes, Entry], raws: list[bytes]) -> State | None:
-        """Apply to ``state``, the reading of ``lines``, the lines of ``raws`` that differ."""
-        now = set(raws)
-        added: dict[bytes, Entry] = {}
-        for raw in now - lines.keys():
-            if (entry := self._entry_of(raw)) is None:
-                return None
-            added[raw] = entry
-        replaced = {entry.base for entry in added.values()}
-        for raw in lines.keys() - now:
-            # The base the line was read as, never one read back from its text: JSON allows a
-            # key written with escapes ("\u0032...") or spaces around it.
-            if (base := lines.pop(raw).base) not in replaced:
-                state.remove(base)
-        for entry in added.values():
-            other = state.entries.get(entry.base)
-            if state.conflict(entry.base, entry.end) not in (None, other):
-                return None  # overlapping ranges: let the full parser report them
-            state.add(entry)
-        lines.update(added)
-        # Two lines with one base would leave fewer ranges than lines: the full parser decides.
-        return state if len(state.entries) == len(raws) else None
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -363,8 +307,7 @@ class Store:
         except OSError as e:
             self.invalidate()
             raise self._fail("cannot be written", "make it and its state file writable", e) from None
-        self._bytes, self._state = data, state
-        self._lines_of_state = {entry.line: entry for entry in state.entries.values()}
+        self._bytes, self._state, self._exact = data, state, True
         return True
 
     def write_file(self, name: str, data: bytes) -> None:
@@ -389,7 +332,8 @@ class Store:
 
     def invalidate(self) -> None:
         """Forget the cached state (after a failure left it out of step with the file)."""
-        self._bytes = self._state = self._lines_of_state = None
+        self._bytes = self._state = None
+        self._exact = False
 
     def _write_new(self, path: Path | bytes, data: bytes) -> None:
         # A complete file under our temp name in the same directory, then an atomic swap: at

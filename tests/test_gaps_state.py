@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import SteppedClock, free_window
 
-from pytest_portlease import PortLeaser, PortleaseWarning, PortUnavailable, _parse, _state
+from pytest_portlease import PortLeaser, PortleaseWarning, PortUnavailable, _layout, _state
 from pytest_portlease._config import PortRange
 from pytest_portlease._parse import parse_tolerant
 from pytest_portlease._state import STATE_NAME, Entry, State
@@ -141,7 +141,7 @@ def test_encode_round_trips_through_our_layout_and_the_full_parser() -> None:
     assert json.loads(data) == {
         "next": 150, "x": 1, "keys": {"100": {"size": 3, "expires": 1000}, "200": {"size": 1, "expires": 2000}}
     }
-    assert _parse.split_layout(data) is not None
+    assert _layout.split_layout(data) is not None
     empty = State(7, {}, {}).encode()
     assert json.loads(empty) == {"next": 7, "keys": {}}
 

@@ -9,6 +9,7 @@ warnings that ``parse_tolerant`` yields for the same bytes.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -21,8 +22,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pytest_portlease import PortleaseWarning, _state
-from pytest_portlease._parse import parse_tolerant, split_layout
-from pytest_portlease._state import State
+from pytest_portlease._layout import Lines, split_layout
+from pytest_portlease._owner import Owner
+from pytest_portlease._parse import parse_tolerant
+from pytest_portlease._state import Entry, State
 from pytest_portlease._store import Store
 
 FAR = 4_000_000_000
@@ -188,3 +191,94 @@ def test_a_key_spaced_from_its_line_start_and_a_field_repeated_after_a_space(tmp
     check_load(store, render(0, [live]), unchanged=False)
     check_load(store, render(0, [live.replace(b"4,", b'4, "size" : 1,')]), unchanged=False)
     assert store.load().entries[100].size == 4
+
+
+@st.composite
+def sound_line(draw: st.DrawFn, base: int) -> bytes:
+    label = draw(st.sampled_from(["", "a", "gw0 t.py::t[x]", "y" * 40]))
+    owner = {"pid": draw(st.integers(1, 3)), "start": 1, "host": "h", "ns": "n", "label": label}
+    expires = draw(st.sampled_from([FAR, FAR + 7, 0]))
+    size = draw(st.sampled_from([1, 2, 3, 12]))  # 12: over the next ranges
+    text = f'"{base}": {{"size": {size}, "expires": {expires}, "owner": {json.dumps(owner)}}}'
+    return text.encode()
+
+
+@settings(
+    deadline=None,
+    max_examples=int(os.environ.get("PORTLEASE_HYPOTHESIS_EXAMPLES", "200")),
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(st.data())
+def test_changes_to_sound_lines_anywhere_are_applied_as_a_full_parse_reads_them(data: st.DataObject) -> None:
+    # Every line sound and every base apart: each load after the first applies only the lines
+    # between the shared start and end of the two versions, wherever the edits fall, one or
+    # several at once (the first and the last line changed: everything between is re-read).
+    bases = data.draw(st.lists(st.sampled_from(range(0, 400, 10)), unique=True, max_size=12), label="bases")
+    lines = {base: data.draw(sound_line(base)) for base in bases}
+    with tempfile.TemporaryDirectory() as directory:
+        store = Store(Path(directory), "argument")
+        store.prepare()
+        last = render(0, [lines[b] for b in sorted(lines)])
+        check_load(store, last, unchanged=False)
+        for _ in range(data.draw(st.integers(1, 8), label="loads")):
+            for _ in range(data.draw(st.integers(1, 3), label="edits")):
+                base = data.draw(st.sampled_from(range(0, 400, 10)), label="base")
+                if base in lines and data.draw(st.booleans(), label="remove"):
+                    del lines[base]
+                else:
+                    lines[base] = data.draw(sound_line(base))
+            if data.draw(st.booleans(), label="save"):
+                store.save(store.load(repair=False))
+                last = store.state_path.read_bytes()
+                continue
+            next_port = data.draw(st.sampled_from([0, 5, 30000]), label="next")
+            text = [lines[b] for b in sorted(lines)]
+            if text and data.draw(st.integers(0, 5), label="repeat") == 0:  # a base on two lines
+                text.insert(data.draw(st.integers(0, len(text))), data.draw(st.sampled_from(text)))
+            check_load(store, render(next_port, text), unchanged=render(next_port, text) == last)
+            last = render(next_port, text)
+
+
+class Counting(Lines):
+    """Lines that records which range lines it was asked to read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[bytes] = []
+
+    def entry(self, raw: bytes) -> Entry | None:
+        self.asked.append(raw)
+        return super().entry(raw)
+
+
+def line_of(base: int, version: int) -> bytes:
+    owner = Owner(7, 1, "h", "n", f"gw{version} t.py::test_{base}_{'v' * version}")
+    return Entry(base, 2, FAR, owner).line
+
+
+@given(st.integers(2, 40), st.data())
+def test_a_change_reads_only_the_lines_it_touched(count: int, data: st.DataObject) -> None:
+    # The incremental read is worth its code only if it skips the lines that did not change:
+    # one line changed, added or removed anywhere (the first, the last, one between) is the
+    # only line read, and the ranges read are the new lines'.
+    old = [line_of(10 * i, 0) for i in range(count)]
+    at = data.draw(st.integers(0, count - 1), label="at")
+    edit = data.draw(st.sampled_from(["change", "add", "remove"]), label="edit")
+    new = list(old)
+    if edit == "change":
+        new[at], touched = line_of(10 * at, 1), [old[at], line_of(10 * at, 1)]
+    elif edit == "add":
+        new.insert(at, line_of(10 * at + 5, 1))
+        touched = [new[at]]
+    else:
+        touched = [new.pop(at)]
+    reader = Counting()
+    before = render(0, old)
+    state = reader.read(before)
+    assert state is not None
+    reader.asked.clear()
+    after = render(data.draw(st.sampled_from([0, 7, 30000]), label="next"), new)
+    state = reader.read(after, (before, state))
+    assert state is not None
+    assert sorted(reader.asked) == sorted(touched)
+    assert summary(state) == summary(parse_tolerant(after).state)

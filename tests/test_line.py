@@ -64,5 +64,5 @@ def test_the_usual_range_is_read_without_the_json_parser() -> None:
     line = Entry(20000, 3, 2_000_000_000, owner).json_line()
     read = parse_line(line)
     assert read is not None
-    assert read.__dict__.get("_line") == line  # the bytes kept as read: nothing to encode again
-    assert _json_line(line) == read and _json_line(line).__dict__.get("_line") is None
+    assert read.__dict__.get("line") == line  # the bytes kept as read: nothing to encode again
+    assert _json_line(line) == read and "line" not in _json_line(line).__dict__
