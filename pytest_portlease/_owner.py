@@ -67,6 +67,13 @@ class Owner:
         run = data.get("run", "")
         return cls(pid, start, host, ns, label, run if isinstance(run, str) else "")
 
+    @classmethod
+    def of(cls, process: Process, label: str, run: str = "") -> Owner:
+        """The owner that is ``process`` (which it then shares) with ``label`` and ``run``."""
+        owner = cls(process.pid, process.start, process.host, process.ns, label, run)
+        owner.__dict__["_process"] = process
+        return owner
+
     @property
     def plain(self) -> bool:
         """Does ``to_json`` encode as ``json.dumps`` would without escapes: a pid and a start,

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._owner import Owner
+from ._owner import Owner, Process
 from ._state import OURS, U64_MAX, Entry, State
 
 EXAMPLES = 3  # examples shown per kind of problem
@@ -366,6 +366,11 @@ _CANONICAL = re.compile(
 )
 
 
+#: The owning processes of lines read, by their text: a state of thousands of ranges has a few
+#: dozen owners (the workers of a few runs), each made once rather than once a range.
+_processes: dict[bytes, Process] = {}
+
+
 def _canonical(raw: bytes) -> Entry | None:
     """A line as ``Entry.line`` writes it, read with its line already known; None otherwise."""
     if (m := _CANONICAL.fullmatch(raw)) is None:
@@ -376,7 +381,12 @@ def _canonical(raw: bytes) -> Entry | None:
         return None  # the full reading notes what is out of bounds
     owner = None
     if pid is not None:
-        owner = Owner(int(pid), int(start), host.decode(), ns.decode(), label.decode(), run.decode() if run else "")
+        who = raw[m.start(4) : m.end(7)]
+        if (process := _processes.get(who)) is None:
+            if len(_processes) >= 4096:
+                _processes.clear()
+            process = _processes[who] = Process(int(pid), int(start), host.decode(), ns.decode())
+        owner = Owner.of(process, label.decode(), run.decode() if run else "")
     return Entry.with_line(raw, base, size, expires, owner)
 
 

@@ -56,6 +56,7 @@ def test_a_line_reads_back_as_its_range_with_its_bytes_as_its_line(entry: Entry)
     assert read == replace(entry, expires=min(max(math.ceil(entry.expires), 0), U64_MAX))
     assert read.extra == entry.extra
     assert read.line == written
+    assert (read.owner and read.owner.process) == (entry.owner and entry.owner.process)  # who holds it
     assert read == _json_line(written)  # the shortcut reads what the JSON parser reads
 
 
