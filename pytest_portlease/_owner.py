@@ -16,7 +16,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any, NamedTuple
 
-_PLAIN = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]*").fullmatch
+#: A character ``json.dumps`` writes as it is: printable ASCII but the quote and the backslash.
+PLAIN_CHAR = r"[\x20\x21\x23-\x5b\x5d-\x7e]"
+_plain = re.compile(PLAIN_CHAR + "*").fullmatch
 
 
 class Process(NamedTuple):
@@ -79,7 +81,7 @@ class Owner:
         """Does ``to_json`` encode as ``json.dumps`` would without escapes: a pid and a start,
         and strings of printable ASCII with no quote or backslash?"""
         text = self.host + self.ns + self.label + self.run
-        return self.pid is not None and self.start is not None and _PLAIN(text) is not None
+        return self.pid is not None and self.start is not None and _plain(text) is not None
 
     @property
     def process(self) -> Process | None:

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._owner import Owner, Process
+from ._owner import PLAIN_CHAR, Owner, Process
 from ._state import OURS, U64_MAX, Entry, State
 
 EXAMPLES = 3  # examples shown per kind of problem
@@ -353,8 +353,8 @@ def split_head(data: bytes) -> tuple[State, int] | None:
     return None if problems else (State(next_port, {}, extra, cursors), head_end + 1)
 
 
-# A JSON string that ``json.dumps`` writes as it is: printable ASCII, no quote, no backslash.
-_PLAIN = rb'"([\x20\x21\x23-\x5b\x5d-\x7e]*)"'
+# A JSON string that ``json.dumps`` writes as it is.
+_PLAIN = b'"(' + PLAIN_CHAR.encode() + b'*)"'
 #: The line ``Entry.line`` writes for a range with at most an owner (pid, start, host, ns, label,
 #: run), every string plain and every number canonical: read without a JSON parser, and its
 #: bytes are the entry's line as it would write it.
@@ -362,7 +362,7 @@ _CANONICAL = re.compile(
     rb'"(0|[1-9][0-9]{0,4})": \{"size": (0|[1-9][0-9]{0,4}), "expires": (0|[1-9][0-9]{0,19})'
     rb'(?:, "owner": \{"pid": ([1-9][0-9]{0,18}), "start": (0|[1-9][0-9]{0,18}), '
     rb'"host": ' + _PLAIN + rb', "ns": ' + _PLAIN + rb', "label": ' + _PLAIN
-    + rb'(?:, "run": "([\x20\x21\x23-\x5b\x5d-\x7e]+)")?\})?\}'
+    + b'(?:, "run": "(' + PLAIN_CHAR.encode() + rb'+)")?\})?\}'
 )
 
 
