@@ -58,23 +58,17 @@ def _shared_end(a: bytes, i: int, b: bytes, j: int, n: int) -> int:
     return lo
 
 
-def _line_starts(data: bytes, start: int, at: int) -> bool:
-    """Does a range line of the lines from ``start`` start at ``at``?"""
-    return at == start or data[at - 1] == 10  # b"\n"
-
-
 def _split(lines: bytes, *, last: bool) -> list[bytes] | None:
     """The range lines of a run of whole lines: each ends in ``,\\n`` but the file's last one
-    (``last``). None when a raw newline is not a line's end (then it is not our layout)."""
+    (``last``). None when a newline is not the end of a line and its comma."""
     if not lines:
         return []
-    if not last:
-        if not lines.endswith(b",\n"):
-            return None
-        lines = lines[:-2]
     raws = lines.split(b",\n")
-    # A raw newline cannot occur inside a JSON string: every one here must end a line.
-    return raws if lines.count(b"\n") == len(raws) - 1 else None
+    # A raw newline cannot occur inside a JSON string: in our layout every one ends a line, and
+    # the widening of a difference to whole lines relies on it.
+    if lines.count(b"\n") != len(raws) - 1:
+        return None
+    return raws if last else raws[:-1]  # the run ends in ",\n": the split leaves b"" last
 
 
 def split_layout(data: bytes) -> tuple[State, list[bytes]] | None:
@@ -148,11 +142,13 @@ class Lines:
         else:
             same_start = (old.rfind(b"\n", old_start, old_start + same_start) + 1 or old_start) - old_start
         same_end = _shared_end(old, old_end, data, end, max(n - same_start, 0))
-        if not (_line_starts(old, old_start, old_end - same_end) and _line_starts(data, start, end - same_end)):
+        # (The byte before the lines is the head's newline.)
+        if old[old_end - same_end - 1] != 10 or data[end - same_end - 1] != 10:  # not both at a line start
             same_end = old_end - (old.find(b"\n", old_end - same_end, old_end) + 1 or old_end)
         gone = _split(old[old_start + same_start : old_end - same_end], last=same_end == 0)
         came = _split(data[start + same_start : end - same_end], last=same_end == 0)
-        if gone is None or came is None:
+        assert gone is not None, "the known bytes are of our layout"
+        if came is None:
             return None
         for raw in gone:
             # The base the line was read as, never one read back from its text: JSON allows a

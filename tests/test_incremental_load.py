@@ -131,7 +131,7 @@ def check_load(store: Store, data: bytes, unchanged: bool) -> None:
         assert got == {f"{store.state_path}: {problem}" for problem in full.problems}, data
 
 
-EDITS = ["add", "add", "remove", "change", "swap", "respace", "repeat", "torn", "save", "next"]
+EDITS = ["add", "add", "remove", "change", "swap", "respace", "repeat", "join", "torn", "uncomma", "save", "next"]
 
 
 @settings(
@@ -173,9 +173,14 @@ def test_each_incremental_load_reads_what_a_full_parse_reads(lines: list[bytes],
                 lines[at] = new + lines[at] if not old else lines[at].replace(old, new, 1)
             elif lines and edit == "repeat":
                 lines.insert(at, lines[at])
+            elif len(lines) > at + 1 and edit == "join":  # two ranges on one line: valid JSON
+                lines[at : at + 2] = [lines[at] + b", " + lines[at + 1]]
             text = render(next_port, lines)
             if edit == "torn":  # this read only: a foreign writer caught mid-write
                 text = text[: data.draw(st.integers(0, len(text) - 1))]
+            elif edit == "uncomma" and b",\n" in text:  # this read only: a line without its comma
+                cut = data.draw(st.sampled_from([i for i in range(len(text)) if text.startswith(b",\n", i)]))
+                text = text[:cut] + text[cut + 1 :]
             check_load(store, text, unchanged=text == last)
             last = text
 
