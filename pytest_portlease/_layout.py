@@ -71,15 +71,6 @@ def _split(lines: bytes, *, last: bool) -> list[bytes] | None:
     return raws if last else raws[:-1]  # the run ends in ",\n": the split leaves b"" last
 
 
-def split_layout(data: bytes) -> tuple[State, list[bytes]] | None:
-    """The head as ``split_head`` reads it and the range lines; None for any other layout."""
-    if (head := split_head(data)) is None:
-        return None
-    state, start = head
-    raws = _split(data[start : max(start, len(data) - 4)], last=True)
-    return None if raws is None else (state, raws)
-
-
 class Lines:
     """Reads states of our layout, reusing every line it has read before."""
 

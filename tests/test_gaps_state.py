@@ -141,7 +141,7 @@ def test_encode_round_trips_through_our_layout_and_the_full_parser() -> None:
     assert json.loads(data) == {
         "next": 150, "x": 1, "keys": {"100": {"size": 3, "expires": 1000}, "200": {"size": 1, "expires": 2000}}
     }
-    assert _layout.split_layout(data) is not None
+    assert _layout.Lines().read(data) is not None
     empty = State(7, {}, {}).encode()
     assert json.loads(empty) == {"next": 7, "keys": {}}
 
