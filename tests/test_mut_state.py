@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import warnings
 
@@ -15,6 +16,9 @@ from pytest_portlease._owner import Owner, Process
 from pytest_portlease._state import MAX_CURSORS, OURS, U64_MAX, Entry, State
 
 FAR = 4_000_000_000
+#: Under mutmut, a trampoline of its own (outside the package) sits between each of our functions
+#: and its caller, so no warning can point at the test there: where it points is checked outside it.
+UNDER_MUTMUT = "MUTANT_UNDER_TEST" in os.environ
 
 
 def owner(pid: int | None, label: str = "") -> Owner:
@@ -198,10 +202,10 @@ def test_warn_once_points_at_the_caller_outside_the_package(monkeypatch: pytest.
     monkeypatch.setattr(_state, "_warned", set())
     with pytest.warns(PortleaseWarning, match="^problem: detail$") as caught:
         _state._warn_once("problem", ": detail")
-    assert caught[0].filename == __file__
+    assert UNDER_MUTMUT or caught[0].filename == __file__
     with pytest.warns(PortleaseWarning, match="^no detail$") as caught:
         _state._warn_once("no detail")
-    assert caught[0].filename == __file__
+    assert UNDER_MUTMUT or caught[0].filename == __file__
 
 
 def test_a_background_thread_logs_instead_and_the_foreground_still_warns(

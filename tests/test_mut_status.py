@@ -22,6 +22,9 @@ from pytest_portlease._state import STATE_NAME, Entry, State
 from pytest_portlease._status import LeaseInfo, lease_info, lease_infos, lease_state, reclaim
 
 NOW = 1_000_000.5
+#: Under mutmut, a trampoline of its own (outside the package) sits between each of our functions
+#: and its caller, so no warning can point at the test there: where it points is checked outside it.
+UNDER_MUTMUT = "MUTANT_UNDER_TEST" in os.environ
 
 
 def alive(label: str = "me") -> Owner:
@@ -305,7 +308,7 @@ def test_read_status_warns_each_problem_at_the_caller(tmp_path: Path) -> None:
     assert [str(w.message) for w in caught] == [
         f"{tmp_path / STATE_NAME}: dropped 1 range (the key is not a port number from 0 to 65535): 'x'"
     ]
-    assert caught[0].filename == __file__
+    assert UNDER_MUTMUT or caught[0].filename == __file__
     assert [(i.base, i.size, i.state) for i in infos] == [(100, 2, "foreign")]
 
 
