@@ -4,6 +4,7 @@ without the lock while a real child holds it."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -169,6 +170,12 @@ def test_reclaim_of_a_dead_owner_runs_even_before_any_expiry(gone_pid: int) -> N
     assert s.soonest == math.inf
 
 
+def test_reclaim_at_the_soonest_expiry_itself() -> None:
+    s = state(Entry(100, 1, NOW, elsewhere()), Entry(200, 1, NOW + 1))
+    assert s.soonest == NOW
+    assert [e.base for e in reclaim(s, NOW)] == [100]  # live while now < expires: expired now
+
+
 def test_reclaim_of_an_expired_ttl_only_lease() -> None:
     s = state(Entry(100, 1, NOW - 1, _owner.owner_for(None, "cli")))
     assert [e.base for e in reclaim(s, NOW)] == [100]
@@ -287,15 +294,28 @@ def test_process_command(gone_pid: int) -> None:
     assert _status.process_command(None) == ""
     assert _status.process_command(gone_pid) == ""
     code = "import sys; print('ready', flush=True); sys.stdin.read()"
-    with subprocess.Popen(
-        [sys.executable, "-c", code, "one", "two words"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    ) as child:
+    with command_of([sys.executable, "-c", code, "one", "two words"]) as command:
+        assert command == f"{sys.executable} -c {code} one two words"
+
+
+def test_process_command_reads_4096_bytes_and_replaces_what_is_not_utf8() -> None:
+    code = "import sys; print('ready', flush=True); sys.stdin.read()"
+    argv = [sys.executable, "-c", code, "x" * 5000]
+    with command_of(argv) as command:
+        assert command == " ".join(argv)[:4096]
+    with command_of([os.fsencode(sys.executable), b"-c", code.encode(), b"caf\xe9"]) as command:
+        assert command == f"{sys.executable} -c {code} caf\ufffd"
+
+
+@contextlib.contextmanager
+def command_of(argv: list[str] | list[bytes]) -> Iterator[str]:
+    """``process_command`` of a child running ``argv``, read once the child runs: Popen returns
+    while execve is still under way, and /proc/PID/cmdline is complete only after it."""
+    with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as child:
         assert child.stdin is not None and child.stdout is not None
         try:
-            # Popen returns while execve is still under way: /proc/PID/cmdline is complete only
-            # once the child runs.
             assert child.stdout.readline() == "ready\n"
-            assert _status.process_command(child.pid) == f"{sys.executable} -c {code} one two words"
+            yield _status.process_command(child.pid)
         finally:
             child.stdin.close()
             child.wait(timeout=60)
