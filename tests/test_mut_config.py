@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _users import world_dir
 
 from pytest_portlease import InvalidArgument
 from pytest_portlease._config import (
@@ -274,11 +275,13 @@ def real_uid_without_access() -> Iterator[None]:
         os.setreuid(0, 0)
 
 
-def test_check_directory_names_one_it_may_not_write_in(tmp_path: Path) -> None:
-    locked = tmp_path / "locked"
-    locked.mkdir(mode=0o500)
-    uid = os.geteuid()
-    try:
+def test_check_directory_names_one_it_may_not_write_in() -> None:
+    # Under a directory anyone may search (pytest's tmp_path is 0o700): access(2) must fail for
+    # the missing write permission itself, not for a parent it cannot search.
+    with world_dir() as world:
+        locked = world / "locked"
+        locked.mkdir(mode=0o500)
+        uid = os.geteuid()
         with real_uid_without_access(), pytest.raises(InvalidArgument) as info:
             check_directory(directory(locked), "--portlease-dir")
         assert str(info.value) == (
@@ -291,8 +294,6 @@ def test_check_directory_names_one_it_may_not_write_in(tmp_path: Path) -> None:
             f"lease directory {locked / 'new'} from PORTLEASE_DIR cannot be created: {locked} is not writable "
             f"by uid {uid}: set PORTLEASE_DIR to a directory you can write in, or pass --portlease-dir=DIR"
         )
-    finally:
-        locked.chmod(0o700)
 
 
 # -- the patch switch -----------------------------------------------------------------------------
