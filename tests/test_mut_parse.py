@@ -182,6 +182,25 @@ CASES: list[tuple[str, bytes, list[tuple[int, int, float]], list[str]]] = [
         ],
     ),
     (
+        "a six-digit key, and a key of four",
+        doc({"123456": {}, "0123": {"size": "x"}}),
+        [],
+        [
+            "dropped 1 range (the key is not a port number from 0 to 65535): '123456'",
+            "dropped 1 range (size is not a whole number of ports from 0 to 65535): 0123 (size 'x')",
+        ],
+    ),
+    (
+        "truncated inside deep nesting, with a field given twice in what was recovered",
+        b'{"next": 1, "keys": {"100": {"size": 1, "expires": 4000000000, "expires": 5}, "200": {"x": ' + b"[" * 100_000,
+        [(100, 1, F)],
+        [
+            "not valid JSON (maximum recursion depth exceeded while decoding a JSON array from a unicode "
+            "string); 1 range recovered, 0 dropped",
+            "1 range(s) give a field twice; read as the larger value: 100.expires",
+        ],
+    ),
+    (
         "not text",
         b"\xff\xfe",
         [],
