@@ -182,6 +182,16 @@ CASES: list[tuple[str, bytes, list[tuple[int, int, float]], list[str]]] = [
         ],
     ),
     (
+        "truncated, with two kinds of bad range in what was recovered",
+        b'{"next": 5, "keys": {"100": {"size": "a", "expires": 1}, "200": {"size": 1, "expires": "b"}, "300": {"si',
+        [],
+        [
+            "not valid JSON (Unterminated string starting at: line 1 column 102 (char 101)); 0 ranges recovered, "
+            "2 dropped (size is not a whole number of ports from 0 to 65535: 100 (size 'a'); "
+            "expires is not a number of unix seconds: 200 (expires 'b'))"
+        ],
+    ),
+    (
         "a six-digit key, and a key of four",
         doc({"123456": {}, "0123": {"size": "x"}}),
         [],
@@ -231,6 +241,8 @@ def test_the_head_of_a_damaged_file_keeps_what_is_sound() -> None:
     assert loaded.state.extra == {"y": 1}
     loaded = parse_tolerant(b'{"next": 0, "keys": {"1": {"size": 1, "expires": 2, "z": NaN, "w": 2}}}')
     assert loaded.state.entries[1].extra == (("w", 2),)
+    for bad in (65536, -1, True, "1"):
+        assert parse_tolerant(doc({}, next=bad)).state.next == 0  # reset to serde's default
     assert parse_tolerant(b'{"keys": {}}').state.next == 0  # serde's default, no problem
     assert parse_tolerant(b'{"keys": {}}').problems == []
     assert parse_tolerant(b'{"next": 9}').state.entries == {}
