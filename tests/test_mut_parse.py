@@ -4,9 +4,12 @@ kind of damage, what is kept, what is dropped, and the exact line a user reads a
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
+from pytest_portlease import PortleaseWarning, _state
+from pytest_portlease._backups import BACKUP_PREFIX
 from pytest_portlease._owner import Owner
 from pytest_portlease._parse import (
     _keys_in,
@@ -19,7 +22,8 @@ from pytest_portlease._parse import (
     port_key,
     split_layout,
 )
-from pytest_portlease._state import U64_MAX, Entry, State
+from pytest_portlease._state import STATE_NAME, U64_MAX, Entry, State
+from pytest_portlease._store import Store
 
 F = 4_000_000_000
 OWNER = {"pid": 3, "host": "h", "ns": "n", "label": ""}
@@ -382,3 +386,35 @@ def test_a_sound_line_is_one_range() -> None:
     entry = parse_line(b'"100": {"size": 1, "expires": 10, "a\\":": {"b\\":": 1}}')
     assert entry is not None and entry.extra == (('a":', {'b":': 1}),)
     assert parse_line(b'"100": {"size": 1, "expires": 10, "x": {"y": 1, "y": 2}}') is None
+
+
+# -- through the store: what a reader of a real file gets -----------------------------------------
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Store:
+    monkeypatch.setattr(_state, "_warned", set())
+    store = Store(tmp_path, "argument")
+    store.prepare()
+    return store
+
+
+def test_a_bad_next_alone_warns_and_keeps_a_backup(store: Store, tmp_path: Path) -> None:
+    data = b'{"next": 70000, "keys": {\n"100": {"size": 1, "expires": 4000000000}\n}}\n'
+    (tmp_path / STATE_NAME).write_bytes(data)
+    with pytest.warns(PortleaseWarning, match=r"'next' 70000 is not a port number; reset; the original is kept as"):
+        state = store.load()
+    assert state.next == 0 and sorted(state.entries) == [100]
+    assert [p.read_bytes() for p in tmp_path.glob(f"{BACKUP_PREFIX}*")] == [data]
+
+
+def test_a_torn_line_in_our_layout_is_read_by_the_full_parser(store: Store, tmp_path: Path) -> None:
+    good = State(0, {100: Entry(100, 1, F), 200: Entry(200, 2, F), 300: Entry(300, 1, F)}, {}).encode()
+    (tmp_path / STATE_NAME).write_bytes(good)
+    assert sorted(store.load().entries) == [100, 200, 300]  # read line by line, and remembered
+    torn = good.replace(b'"200": {"size": 2, "expires": 4000000000}', b'"200": {"size": 2, "exp')
+    (tmp_path / STATE_NAME).write_bytes(torn)
+    with pytest.warns(PortleaseWarning, match="not valid JSON"):
+        state = store.load()
+    assert sorted(state.entries) == [100, 300]
+    assert len(list(tmp_path.glob(f"{BACKUP_PREFIX}*"))) == 1
