@@ -5,6 +5,7 @@ block it hands out (found by mutation testing of ``_scan`` and ``_block``)."""
 from __future__ import annotations
 
 import json
+import logging
 import random
 import socket
 from pathlib import Path
@@ -230,15 +231,29 @@ def test_next_fit_skips_leases_and_avoided_ports_and_wraps_once(recorded: Record
     assert _scan.next_fit(state(cursors={str(rng): low}), rng, 21) is None
 
 
-def test_next_fit_jumps_past_a_port_bound_outside_portlease(recorded: Recorded) -> None:
+def test_next_fit_jumps_past_a_port_bound_outside_portlease(
+    recorded: Recorded, caplog: pytest.LogCaptureFixture
+) -> None:
     rng = free_window(10)
     low = rng.low
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", low + 2))
         s = state(cursors={str(rng): low})
-        assert _scan.next_fit(s, rng, 3) == low + 3
+        with caplog.at_level(logging.DEBUG, logger="pytest_portlease"):
+            assert _scan.next_fit(s, rng, 3) == low + 3
+        assert [r.getMessage() for r in caplog.records] == [
+            f"probed {low}-{low + 2}: port {low + 2} is bound outside portlease",
+            f"probed {low + 3}-{low + 5}: free",
+        ]
         s = state(cursors={str(rng): low + 3})
         assert _scan.next_fit(s, rng, 8) is None  # every 8-port block holds low + 2 or passes the end
+
+
+def test_next_fit_takes_a_block_that_ends_just_before_an_avoided_port(recorded: Recorded) -> None:
+    rng = free_window(10)
+    low = rng.low
+    assert _scan.next_fit(state(cursors={str(rng): low}), rng, 2, avoided=(low + 2,)) == low
+    assert _scan.next_fit(state(cursors={str(rng): low}), rng, 2, avoided=(low + 1,)) == low + 2
 
 
 def test_next_fit_with_a_lease_nested_in_another(recorded: Recorded) -> None:
