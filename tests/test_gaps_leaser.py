@@ -137,7 +137,7 @@ def test_renew_restores_a_dropped_range_only_where_its_ports_are_free_of_leases(
         (lease_dir / STATE_NAME).write_text(json.dumps(doc))
         assert leaser.renew() == [lost]
         assert leaser.held == [kept]
-        assert sorted(map(int, keys(lease_dir))) == [kept.base, lost.base + 2]
+        assert sorted(map(int, keys(lease_dir))) == sorted([kept.base, lost.base + 2])  # a scan may wrap
 
 
 def test_release_all_forgets_what_it_released(lease_dir: Path, port_range: PortRange) -> None:
