@@ -8,6 +8,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
+import sys
 import threading
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from conftest import SteppedClock, free_window, kernel_ephemeral_range
 from test_gaps_leaser import keys, rewrite
 from test_leaser import renewals
 
-from pytest_portlease import PortLeaser, PortUnavailable, _leaser
+from pytest_portlease import PortLeaser, PortleaseWarning, PortRangeExhausted, PortUnavailable, _leaser
 from pytest_portlease._config import PortRange
 
 
@@ -153,3 +155,77 @@ def test_release_and_a_lost_renewal_are_logged(
             assert leaser.renew() == [lost]
     assert f"released {kept}" in caplog.messages
     assert f"lease {lost} was taken over by another holder while we held it" in caplog.messages
+
+
+# -- the TIME_WAIT pass: inside the range, never over a lease, every port checked ------------------
+
+needs_proc_net_tcp = pytest.mark.skipif(
+    sys.platform != "linux" or not Path("/proc/net/tcp").exists(), reason="TIME_WAIT is read from Linux's /proc/net/tcp"
+)
+
+
+def listening(port: int) -> socket.socket:
+    server = socket.socket()
+    server.bind(("127.0.0.1", port))
+    server.listen(1)
+    return server
+
+
+@needs_proc_net_tcp
+def test_a_time_wait_block_never_reaches_past_the_range_or_over_a_listener(lease_dir: Path) -> None:
+    from test_time_wait import leave_in_time_wait
+
+    low = free_window(3).low  # low + 2, past the range, is free: a block there would be granted
+    with listening(low):
+        leave_in_time_wait(low + 1, reuse=True)
+        leaser = PortLeaser(lease_dir, port_range=f"{low}-{low + 1}")
+        with leaser, pytest.raises(PortRangeExhausted, match=r"\(1 of them only in TIME_WAIT"):
+            leaser.lease(2)
+
+
+@needs_proc_net_tcp
+def test_a_time_wait_block_may_hold_free_ports_and_the_warning_names_the_caller(lease_dir: Path) -> None:
+    from test_time_wait import leave_in_time_wait
+
+    low = free_window(2).low
+    leave_in_time_wait(low, reuse=True)  # low + 1 stays free
+    leaser = PortLeaser(lease_dir, port_range=f"{low}-{low + 1}")
+    with leaser, pytest.warns(PortleaseWarning, match="only in TIME_WAIT") as record:
+        assert leaser.lease(2).base == low
+    assert [w.filename for w in record] == [__file__]  # stacklevel: the line that leased
+
+
+@needs_proc_net_tcp
+def test_the_time_wait_pass_skips_a_port_that_is_leased(lease_dir: Path) -> None:
+    from test_time_wait import leave_in_time_wait
+
+    low = free_window(2).low
+    with PortLeaser(lease_dir, port_range=f"{low}-{low + 1}") as leaser:
+        assert leaser.lease(1, port=low).base == low  # leased, then left in TIME_WAIT by its user
+        leave_in_time_wait(low, reuse=True)
+        leave_in_time_wait(low + 1, reuse=True)
+        with pytest.warns(PortleaseWarning, match="only in TIME_WAIT"):
+            assert leaser.lease(1).base == low + 1
+
+
+@needs_proc_net_tcp
+def test_an_exact_port_is_never_moved_to_a_time_wait_neighbour(lease_dir: Path) -> None:
+    from test_time_wait import leave_in_time_wait
+
+    low = free_window(2).low
+    with listening(low):
+        leave_in_time_wait(low + 1, reuse=True)
+        with PortLeaser(lease_dir) as leaser, pytest.raises(PortUnavailable) as refused:
+            leaser.lease(1, port=low)
+    assert str(refused.value) == f"port {low} is bound outside portlease"  # a listener: no TIME_WAIT note
+
+
+@needs_proc_net_tcp
+def test_an_exact_port_in_time_wait_is_named_as_the_argument(lease_dir: Path) -> None:
+    from test_time_wait import leave_in_time_wait
+
+    port = free_window(1).low
+    leave_in_time_wait(port, reuse=True)
+    with PortLeaser(lease_dir) as leaser, pytest.warns(PortleaseWarning) as record:
+        leaser.lease(1, port=port)
+    assert f"port {port} of range {port}-{port} (argument) was only in TIME_WAIT" in str(record[0].message)
