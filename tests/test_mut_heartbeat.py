@@ -73,3 +73,35 @@ def test_the_at_fork_handler_resets_every_tracked_object_and_logs_a_failure(
         _heartbeat._after_fork_in_child()
     assert (failing.reset, fine.reset) == (1, 1)
     assert caplog.messages == ["could not reset <tracked failing> after fork: boom"]
+
+
+def test_a_failed_renewal_is_logged_and_the_heartbeat_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    calls: list[int] = []
+    second = threading.Event()
+
+    def renew() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError("the lock stalled")
+        second.set()
+
+    with caplog.at_level(logging.WARNING, logger="pytest_portlease"):
+        beat = _heartbeat.Heartbeat(renew, lambda: 0.0)
+        try:
+            assert second.wait(60), "the heartbeat stopped at its first failure"
+        finally:
+            beat.stop()
+    assert caplog.messages[0] == "could not renew leases: the lock stalled"
+
+
+def test_the_heartbeat_thread_is_a_daemon() -> None:
+    # A process that never calls close() must still exit: the interpreter waits for every
+    # thread that is not a daemon.
+    release = threading.Event()
+    beat = _heartbeat.Heartbeat(release.wait, lambda: 0.0)
+    try:
+        assert beat._thread.daemon is True
+        assert beat._thread.name == "portlease-heartbeat"
+    finally:
+        release.set()
+        beat.stop()
