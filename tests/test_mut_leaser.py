@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import socket
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -20,6 +21,7 @@ from test_leaser import renewals
 
 from pytest_portlease import PortLeaser, PortleaseWarning, PortRangeExhausted, PortUnavailable, _leaser
 from pytest_portlease._config import PortRange
+from pytest_portlease._owner import owner_for
 
 
 @pytest.fixture
@@ -229,3 +231,26 @@ def test_an_exact_port_in_time_wait_is_named_as_the_argument(lease_dir: Path) ->
     with PortLeaser(lease_dir) as leaser, pytest.warns(PortleaseWarning) as record:
         leaser.lease(1, port=port)
     assert f"port {port} of range {port}-{port} (argument) was only in TIME_WAIT" in str(record[0].message)
+
+
+# -- reclaim inside lease(): a live owner's expired range is extended by this lease's TTL ---------
+
+
+def test_a_lease_extends_a_live_owners_expired_range_by_its_own_ttl(
+    lease_dir: Path, port_range: PortRange, clock: SteppedClock
+) -> None:
+    with (
+        subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE) as rival,
+        PortLeaser(lease_dir, port_range=port_range, ttl=30) as leaser,
+    ):
+        try:
+            theirs = leaser.lease(1)
+            leaser.detach(theirs)
+            owner = owner_for(rival.pid, "rival").to_json()
+            rewrite(lease_dir, theirs.base, {"size": 1, "expires": math.ceil(clock.now) - 10, "owner": owner})
+            leaser.lease(1, ttl=45)
+            # Alive past its expiry: kept, and extended so that fedimint-portalloc respects it too.
+            assert keys(lease_dir)[str(theirs.base)]["expires"] == math.ceil(clock.now + 45)
+        finally:
+            assert rival.stdin is not None
+            rival.stdin.close()
