@@ -137,7 +137,7 @@ def test_renew_restores_a_dropped_range_only_where_its_ports_are_free_of_leases(
         (lease_dir / STATE_NAME).write_text(json.dumps(doc))
         assert leaser.renew() == [lost]
         assert leaser.held == [kept]
-        assert sorted(map(int, keys(lease_dir))) == [kept.base, lost.base + 2]
+        assert sorted(map(int, keys(lease_dir))) == sorted([kept.base, lost.base + 2])  # a scan may wrap
 
 
 def test_release_all_forgets_what_it_released(lease_dir: Path, port_range: PortRange) -> None:
@@ -165,6 +165,7 @@ def test_release_is_idempotent_and_takes_a_block_or_its_base(lease_dir: Path, po
 # -- the leaser's own cached state: reclaim of its expired and dead-owner leases --------------
 
 
+@pytest.mark.usefixtures("low_start")  # block.base + 3 follows it: no wrap
 def test_a_leaser_reclaims_its_own_expired_lease_from_its_cached_state(
     lease_dir: Path, port_range: PortRange, clock: SteppedClock
 ) -> None:
@@ -181,6 +182,7 @@ def test_a_leaser_reclaims_its_own_expired_lease_from_its_cached_state(
         assert sorted(map(int, keys(lease_dir))) == [block.base + 1, block.base + 3]
 
 
+@pytest.mark.usefixtures("low_start")  # block.base + 3 follows it: no wrap
 def test_a_leaser_reclaims_its_own_lease_of_a_dead_owner_from_its_cached_state(
     lease_dir: Path, port_range: PortRange
 ) -> None:

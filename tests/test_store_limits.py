@@ -204,23 +204,30 @@ def test_a_directory_at_the_lock_says_remove_it(lease_dir: Path, port_range: Por
         PortLeaser(lease_dir, port_range=port_range).lease(1)
 
 
+_PERMISSION = "this user lacks permission: fix the permissions (ls -ld), or choose another directory"
+_FULL = "the file system (or this user's quota) is full: free some space"
+
+
 @pytest.mark.parametrize(
     ("code", "says"),
     [
-        (errno.EMFILE, "too many open files in this process"),
-        (errno.ENFILE, "too many open files in the system"),
-        (errno.EACCES, "permission"),
-        (errno.EPERM, "permission"),
-        (errno.EROFS, "read-only"),
-        (errno.ENOSPC, "free some space"),
-        (errno.EDQUOT, "free some space"),
-        (errno.ENOTDIR, "not a directory"),
-        (errno.ENAMETOOLONG, "too long"),
+        (errno.EMFILE, "too many open files in this process: close some, or raise its limit (ulimit -n)"),
+        (errno.ENFILE, "too many open files in the system: close some, or raise fs.file-max (sysctl)"),
+        (errno.EACCES, _PERMISSION),
+        (errno.EPERM, _PERMISSION),
+        (errno.EROFS, "the file system is read-only: choose a directory on a writable one"),
+        (errno.ENOSPC, _FULL),
+        (errno.EDQUOT, _FULL),
+        (errno.ENOTDIR, "a component of the path is not a directory: point it at a directory"),
+        (errno.ENAMETOOLONG, "the path is too long: choose a shorter one"),
         (errno.EIO, "the default"),
     ],
 )
 def test_each_errno_has_its_own_advice(code: int, says: str) -> None:
-    assert says in advice(OSError(code, os.strerror(code)), "the default")
+    # The whole sentence: it is what a user reads, and a garbled one must fail here.
+    assert advice(OSError(code, os.strerror(code)), "the default") == says
+    # Naming the file changes only the advice for a file of the wrong kind.
+    assert advice(OSError(code, os.strerror(code)), "the default", what=Path("/d/lock")) == says
 
 
 def test_a_symlink_or_directory_is_named_when_it_is_the_cause() -> None:

@@ -1,0 +1,256 @@
+"""What mutation testing of _leaser found untested beyond tests/test_gaps_leaser.py: how a holder
+is named, the ephemeral report, a fork's fresh start, detach by block, the heartbeat's start and
+interval, and what release and renew log; tests/mutation-equivalent.txt lists what no test can
+tell apart."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import SteppedClock, free_window, kernel_ephemeral_range
+from test_gaps_leaser import keys, rewrite
+from test_leaser import renewals
+
+from pytest_portlease import PortLeaser, PortleaseWarning, PortRangeExhausted, PortUnavailable, _leaser
+from pytest_portlease._config import PortRange
+from pytest_portlease._owner import owner_for
+
+
+@pytest.fixture
+def port_range() -> PortRange:
+    return free_window()
+
+
+def heartbeats() -> int:
+    return sum(t.name == "portlease-heartbeat" for t in threading.enumerate())
+
+
+# -- how a holder is named -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("owner", "named"),
+    [
+        ({"host": "ci-9", "label": ""}, "of 'an unlabelled holder' (no pid@ci-9)"),
+        ({"pid": 4242, "host": "ci-9", "ns": "elsewhere", "label": "db"}, "of 'db' (pid 4242@ci-9)"),
+    ],
+    ids=["no-pid-no-label", "pid-and-label"],
+)
+def test_the_holder_of_an_exact_port_is_named_by_label_pid_and_host(
+    lease_dir: Path, port_range: PortRange, clock: SteppedClock, owner: dict[str, object], named: str
+) -> None:
+    with PortLeaser(lease_dir, port_range=port_range) as leaser:
+        block = leaser.lease(2)
+        leaser.detach(block)
+        rewrite(lease_dir, block.base, {"size": 2, "expires": math.ceil(clock.now + 600), "owner": owner})
+        with pytest.raises(PortUnavailable) as refused:
+            leaser.lease(1, port=block.base + 1)
+        holder = f"lease {block.base}-{block.base + 1} {named}"
+        assert str(refused.value) == f"port {block.base + 1} is held by {holder}"
+        assert refused.value.holder == holder
+
+
+# -- the ephemeral overlap, once reported, is not warned about --------------------------------
+
+
+def test_a_range_whose_ephemeral_overlap_was_reported_leases_without_a_warning(
+    lease_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    eph = kernel_ephemeral_range()
+    monkeypatch.setattr(_leaser, "_warned_ephemeral", set())
+    rng = PortRange(eph.high - 50, eph.high)
+    _leaser.ephemeral_overlap_reported(rng)  # what the plugin does once its header says so
+    with PortLeaser(lease_dir, port_range=str(rng)) as leaser:
+        leaser.lease(1)  # a warning would be an error here
+
+
+# -- a forked child's fresh start ---------------------------------------------------------------
+# test_fork.py forks for real; here the handler runs in this process, as a child runs it first
+# thing, so that what it resets is checked one field at a time.
+
+
+def test_after_fork_a_leaser_starts_afresh_and_restarts_its_heartbeat(lease_dir: Path, port_range: PortRange) -> None:
+    with PortLeaser(lease_dir, port_range=port_range, ttl=1, owner_pid=None) as leaser:
+        inherited = leaser.lease(1)
+        leaser.start_heartbeat()
+        parents = leaser._heartbeat
+        assert parents is not None
+        leaser.after_fork_in_child()
+        parents.stop()  # in a real child that thread does not exist
+        assert leaser.held == []  # the parent's to release, not ours
+        assert leaser.stats.blocks == 0
+        assert heartbeats() == 0
+        renewed = renewals(leaser)
+        block = leaser.lease(1)  # a new mutex and lock; the first lease starts the heartbeat
+        assert leaser.held == [block]
+        assert leaser.stats.blocks == 1
+        assert heartbeats() == 1
+        assert renewed.wait(60), "the child's heartbeat never renewed"
+    assert heartbeats() == 0
+    assert list(keys(lease_dir)) == [str(inherited.base)]  # close() released only the child's
+
+
+def test_after_fork_a_leaser_without_a_heartbeat_starts_none(lease_dir: Path, port_range: PortRange) -> None:
+    with PortLeaser(lease_dir, port_range=port_range) as leaser:
+        leaser.lease(1)
+        leaser.after_fork_in_child()
+        leaser.lease(1)
+        assert heartbeats() == 0
+
+
+# -- detach, the heartbeat's start and interval --------------------------------------------------
+
+
+def test_detach_takes_the_block_itself(lease_dir: Path, port_range: PortRange) -> None:
+    with PortLeaser(lease_dir, port_range=port_range) as leaser:
+        block = leaser.lease(2)
+        assert leaser.detach(block) is True
+        assert leaser.held == []
+    assert list(keys(lease_dir)) == [str(block.base)]
+
+
+def test_one_heartbeat_per_leaser_and_none_once_closed(lease_dir: Path, port_range: PortRange) -> None:
+    leaser = PortLeaser(lease_dir, port_range=port_range)
+    try:
+        leaser.start_heartbeat()
+        leaser.start_heartbeat()
+        assert heartbeats() == 1
+    finally:
+        leaser.close()
+    assert heartbeats() == 0
+    leaser.start_heartbeat()  # closed: final
+    assert heartbeats() == 0
+
+
+def test_the_heartbeat_waits_a_third_of_the_shortest_ttl(lease_dir: Path, port_range: PortRange) -> None:
+    with PortLeaser(lease_dir, port_range=port_range, ttl=6) as leaser:
+        assert leaser._beat_interval() == 2
+        leaser.lease(1, ttl=4.5)
+        assert leaser._beat_interval() == 1.5
+
+
+def test_repr_names_the_directory_range_and_ttl(lease_dir: Path) -> None:
+    leaser = PortLeaser(lease_dir, port_range="20000-20099", ttl=90)
+    assert repr(leaser) == f"PortLeaser({os.fspath(lease_dir)!r}, port_range='20000-20099', ttl=90)"
+    leaser.close()
+
+
+# -- what release and renew log ---------------------------------------------------------------------
+
+
+def test_release_and_a_lost_renewal_are_logged(
+    lease_dir: Path, port_range: PortRange, clock: SteppedClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    with PortLeaser(lease_dir, port_range=port_range) as leaser:
+        kept, lost = leaser.lease(2), leaser.lease(1)
+        with caplog.at_level(logging.DEBUG, logger="pytest_portlease"):
+            leaser.release(kept)
+            rewrite(lease_dir, lost.base, {"size": 5, "expires": math.ceil(clock.now + 600)})
+            assert leaser.renew() == [lost]
+    assert f"released {kept}" in caplog.messages
+    assert f"lease {lost} was taken over by another holder while we held it" in caplog.messages
+
+
+# -- the TIME_WAIT pass: inside the range, never over a lease, every port checked ------------------
+
+needs_proc_net_tcp = pytest.mark.skipif(
+    sys.platform != "linux" or not Path("/proc/net/tcp").exists(), reason="TIME_WAIT is read from Linux's /proc/net/tcp"
+)
+
+
+def listening(port: int) -> socket.socket:
+    server = socket.socket()
+    server.bind(("127.0.0.1", port))
+    server.listen(1)
+    return server
+
+
+@needs_proc_net_tcp
+def test_a_time_wait_block_never_reaches_past_the_range_or_over_a_listener(lease_dir: Path) -> None:
+    from test_time_wait import leave_in_time_wait
+
+    low = free_window(3).low  # low + 2, past the range, is free: a block there would be granted
+    with listening(low):
+        leave_in_time_wait(low + 1, reuse=True)
+        leaser = PortLeaser(lease_dir, port_range=f"{low}-{low + 1}")
+        with leaser, pytest.raises(PortRangeExhausted, match=r"\(1 of them only in TIME_WAIT"):
+            leaser.lease(2)
+
+
+@needs_proc_net_tcp
+def test_a_time_wait_block_may_hold_free_ports(lease_dir: Path) -> None:
+    from test_time_wait import leave_in_time_wait
+
+    low = free_window(2).low
+    leave_in_time_wait(low, reuse=True)  # low + 1 stays free
+    leaser = PortLeaser(lease_dir, port_range=f"{low}-{low + 1}")
+    with leaser, pytest.warns(PortleaseWarning, match="only in TIME_WAIT") as record:
+        assert leaser.lease(2).base == low
+    assert len(record) == 1
+
+
+@needs_proc_net_tcp
+def test_the_time_wait_pass_skips_a_port_that_is_leased(lease_dir: Path) -> None:
+    from test_time_wait import leave_in_time_wait
+
+    low = free_window(2).low
+    with PortLeaser(lease_dir, port_range=f"{low}-{low + 1}") as leaser:
+        assert leaser.lease(1, port=low).base == low  # leased, then left in TIME_WAIT by its user
+        leave_in_time_wait(low, reuse=True)
+        leave_in_time_wait(low + 1, reuse=True)
+        with pytest.warns(PortleaseWarning, match="only in TIME_WAIT"):
+            assert leaser.lease(1).base == low + 1
+
+
+@needs_proc_net_tcp
+def test_an_exact_port_is_never_moved_to_a_time_wait_neighbour(lease_dir: Path) -> None:
+    from test_time_wait import leave_in_time_wait
+
+    low = free_window(2).low
+    with listening(low):
+        leave_in_time_wait(low + 1, reuse=True)
+        with PortLeaser(lease_dir) as leaser, pytest.raises(PortUnavailable) as refused:
+            leaser.lease(1, port=low)
+    assert str(refused.value) == f"port {low} is bound outside portlease"  # a listener: no TIME_WAIT note
+
+
+@needs_proc_net_tcp
+def test_an_exact_port_in_time_wait_is_named_as_the_argument(lease_dir: Path) -> None:
+    from test_time_wait import leave_in_time_wait
+
+    port = free_window(1).low
+    leave_in_time_wait(port, reuse=True)
+    with PortLeaser(lease_dir) as leaser, pytest.warns(PortleaseWarning) as record:
+        leaser.lease(1, port=port)
+    assert f"port {port} of range {port}-{port} (argument) was only in TIME_WAIT" in str(record[0].message)
+
+
+# -- reclaim inside lease(): a live owner's expired range is extended by this lease's TTL ---------
+
+
+def test_a_lease_extends_a_live_owners_expired_range_by_its_own_ttl(
+    lease_dir: Path, port_range: PortRange, clock: SteppedClock
+) -> None:
+    with (
+        subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE) as rival,
+        PortLeaser(lease_dir, port_range=port_range, ttl=30) as leaser,
+    ):
+        try:
+            theirs = leaser.lease(1)
+            leaser.detach(theirs)
+            owner = owner_for(rival.pid, "rival").to_json()
+            rewrite(lease_dir, theirs.base, {"size": 1, "expires": math.ceil(clock.now) - 10, "owner": owner})
+            leaser.lease(1, ttl=45)
+            # Alive past its expiry: kept, and extended so that fedimint-portalloc respects it too.
+            assert keys(lease_dir)[str(theirs.base)]["expires"] == math.ceil(clock.now + 45)
+        finally:
+            assert rival.stdin is not None
+            rival.stdin.close()
