@@ -278,7 +278,9 @@ class Store:
         to it (``_layout``): another writer usually changed one or two ranges, and rebuilding a
         state of thousands would cost more than the rest of the lease.
         """
-        known = (self._bytes, self._state) if self._exact and self._bytes and self._state else None
+        known = None
+        if self._exact and self._bytes is not None and self._state is not None:
+            known = (self._bytes, self._state)
         state = self._lines.read(data, known)
         if state is None and known is not None:
             self.invalidate()  # the cached state may be patched half-way: the full parser replaces it
