@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from . import _clock
 from ._files import MAX_STATE_BYTES, advice
 from ._state import STATE_NAME, _warn_once
 
@@ -29,7 +29,7 @@ def keep_backup(store: Store, data: bytes) -> Path | None:
     """
     from . import _store  # for its fault seam (_store imports this module)
 
-    stamp = int(time.time())
+    stamp = int(_clock.now())
     for n in range(100):
         path = store.directory / f"{BACKUP_PREFIX}{stamp}" if n == 0 else \
             store.directory / f"{BACKUP_PREFIX}{stamp}.{n}"
