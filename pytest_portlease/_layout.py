@@ -119,9 +119,7 @@ class Lines:
     def _patch(self, known: tuple[bytes, State], data: bytes, start: int, end: int) -> State | None:
         """Apply to the known state the lines where ``data`` differs from the known bytes."""
         old, state = known
-        head = split_head(old)
-        assert head is not None, "the known bytes are of our layout"
-        old_start = head[1]
+        old_start = old.find(b"\n") + 1  # the known bytes are of our layout: its head is one line
         old_end = max(old_start, len(old) - 4)
         n = min(old_end - old_start, end - start)
         # The difference, widened to whole lines: back to the start of the line it begins in,

@@ -12,7 +12,7 @@ import os
 import re
 import socket
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -73,7 +73,7 @@ class Owner:
     def of(cls, process: Process, label: str, run: str = "") -> Owner:
         """The owner that is ``process`` (which it then shares) with ``label`` and ``run``."""
         owner = cls(process.pid, process.start, process.host, process.ns, label, run)
-        owner.__dict__["_process"] = process
+        owner.__dict__["process"] = process  # where ``cached_property`` keeps it
         return owner
 
     @property
@@ -83,15 +83,10 @@ class Owner:
         text = self.host + self.ns + self.label + self.run
         return self.pid is not None and self.start is not None and _plain(text) is not None
 
-    @property
+    @cached_property
     def process(self) -> Process | None:
-        """The owning process, or None for a lease that no process owns (TTL only). Made once
-        (by hand: ``cached_property`` takes a lock on Python 3.11, and every range's owner is
-        asked when a state is read)."""
-        process: Process | None = self.__dict__.get("_process")
-        if process is None and self.pid is not None:
-            process = self.__dict__["_process"] = Process(self.pid, self.start, self.host, self.ns)
-        return process
+        """The owning process, or None for a lease that no process owns (TTL only)."""
+        return None if self.pid is None else Process(self.pid, self.start, self.host, self.ns)
 
 
 
