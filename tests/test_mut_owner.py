@@ -15,6 +15,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from pytest_portlease import _owner
 
 # A child that renames itself (proc(5): comm, 15 bytes at most), says so, and waits for stdin.
@@ -79,7 +81,11 @@ def test_a_name_with_parentheses_and_spaces_does_not_shift_the_fields() -> None:
         start = _owner.process_start(proc.pid)
         assert start is not None and before is not None
         assert 0 <= start - before < 120 * os.sysconf("SC_CLK_TCK")
-        assert _owner.describe_process(proc.pid)[1] == "S"  # blocked reading stdin
+        deadline = time.monotonic() + 30
+        while _owner.describe_process(proc.pid)[1] != "S":  # it blocks reading stdin in its time
+            assert _owner.describe_process(proc.pid)[1] == "R", "the state is not the field after the name"
+            assert time.monotonic() < deadline, "the child never blocked reading stdin"
+            time.sleep(0.01)
 
 
 def test_a_gone_process_is_described_as_unknown() -> None:
@@ -145,3 +151,42 @@ def test_lock_holders_names_the_holder_and_each_waiter_of_that_file_only(tmp_pat
         assert (held_by, sorted(waiting)) == (holder.pid, sorted(w.pid for w in waiters))
         assert _owner.lock_holders(other) == (unrelated.pid, [])
         assert _owner.lock_holder_pid(mine) == holder.pid
+
+
+def test_an_owner_record_without_host_ns_or_label_reads_them_as_empty() -> None:
+    assert _owner.Owner.from_json({"pid": 7, "start": 9}) == _owner.Owner(7, 9, "", "", "", "")
+    assert _owner.Owner.from_json({}) == _owner.Owner(None, None, "", "", "", "")
+
+
+def test_owner_of_a_process_keeps_each_field_and_shares_the_process() -> None:
+    process = _owner.Process(123, 456, "host-a", "boot/ns")
+    owner = _owner.Owner.of(process, "label-b")
+    assert owner == _owner.Owner(123, 456, "host-a", "boot/ns", "label-b", "")
+    assert owner.process is process  # preset, not built again from the fields
+    assert _owner.Owner.of(process, "label-b", "run-c").run == "run-c"
+
+
+def test_a_file_longer_than_one_read_comes_back_whole_with_bytes_beyond_ascii_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "big"
+    path.write_bytes(b"a" * 70_000 + b"\xff" + b"b" * 70_000)
+    assert _owner._read(os.fspath(path)) == "a" * 70_000 + "\ufffd" + "b" * 70_000
+
+
+def test_no_proc_of_ours_where_proc_self_cannot_be_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    def unreadable(path: str) -> str:
+        raise FileNotFoundError(path)  # no /proc mounted
+
+    monkeypatch.setattr(os, "readlink", unreadable)
+    assert _owner.proc_is_ours() is False
+
+
+@pytest.mark.parametrize(("state", "start"), [("S", 4242), ("R", 4242), ("Z", None), ("X", None)])
+def test_the_start_time_is_field_22_of_a_stat_with_no_fields_after_it(
+    monkeypatch: pytest.MonkeyPatch, state: str, start: int | None
+) -> None:
+    # proc(5): fields 3 (the state) to 22 (the start time) after "pid (comm) ", nothing after.
+    stat = "99 (a b) " + " ".join([state, *(["0"] * 18), "4242"])
+    monkeypatch.setattr(_owner, "_read", lambda path: stat if path == "/proc/99/stat" else None)
+    assert _owner.process_start(99) == start
+    monkeypatch.setattr(_owner, "_read", lambda path: stat.rsplit(" ", 1)[0])  # field 22 missing
+    assert _owner.process_start(99) is None

@@ -1,0 +1,200 @@
+"""The lock's waiter thread and a forked child's letting go, each checked against the kernel.
+
+A waiter is a thread blocked in flock(2) on a description of its own: it is known to its lock
+while it waits, named, a daemon (a process that gave up must still exit), and it lets go of
+what it is granted once abandoned. A forked child closes its copies of the parent's
+descriptors, descriptor 0 included, without unlocking the parent's lock, and can lock afresh.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pytest_portlease import _lock, _owner
+
+
+def _until(condition: object, what: str) -> None:
+    deadline = time.monotonic() + 30
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def _free(path: Path) -> bool:
+    """Whether a description of our own can take the lock right now (and lets it go)."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def _waiter_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == "portlease-lock-waiter"}
+
+
+@pytest.fixture
+def lock(tmp_path: Path) -> Path:
+    path = tmp_path / "lock"
+    path.touch()
+    return path
+
+
+def test_a_waiter_is_a_named_daemon_known_to_its_lock_until_it_is_granted(lock: Path) -> None:
+    held = os.open(lock, os.O_RDWR)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    pending: set[_lock._Waiter] = set()
+    others = _waiter_threads()  # left by other tests, if any
+    try:
+        waiter = _lock._Waiter(os.open(lock, os.O_RDWR), pending)
+        assert pending == {waiter}
+        _until(lambda: os.getpid() in _owner.lock_holders(lock)[1], "the waiter to block in flock")
+        [thread] = _waiter_threads() - others
+        assert thread.daemon  # a process that gave up waiting must not hang at exit
+        assert pending == {waiter}
+    finally:
+        os.close(held)
+    assert waiter.wait(30)
+    thread.join(30)
+    assert pending == set()
+    assert not _free(lock)  # the waiter's descriptor holds it
+    os.close(waiter.fd)
+    assert _free(lock)
+
+
+def test_an_abandoned_waiter_lets_go_of_what_it_is_granted(lock: Path) -> None:
+    held = os.open(lock, os.O_RDWR)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    pending: set[_lock._Waiter] = set()
+    others = _waiter_threads()  # left by other tests, if any
+    try:
+        waiter = _lock._Waiter(os.open(lock, os.O_RDWR), pending)
+        fd = waiter.fd
+        _until(lambda: os.getpid() in _owner.lock_holders(lock)[1], "the waiter to block in flock")
+        [thread] = _waiter_threads() - others
+        assert not waiter.wait(0.0)
+    finally:
+        os.close(held)
+    thread.join(30)
+    assert not thread.is_alive() and pending == set()
+    assert waiter.fd == -1  # closed: a forked child must not close that number again
+    with pytest.raises(OSError, match="Bad file descriptor") as info:
+        os.fstat(fd)
+    assert info.value.errno == errno.EBADF
+    assert _free(lock)
+
+
+def test_a_waiter_whose_flock_fails_raises_that_error(lock: Path) -> None:
+    fd = os.open(lock, os.O_RDWR)
+    os.close(fd)  # flock(2) on it fails with EBADF
+    others = _waiter_threads()
+    waiter = _lock._Waiter(fd, set())
+    with pytest.raises(OSError, match="Bad file descriptor") as info:
+        waiter.wait(30)
+    assert info.value.errno == errno.EBADF
+    for thread in _waiter_threads() - others:
+        thread.join(30)
+
+
+_GIVE_UP = """
+import os, sys
+from pathlib import Path
+from pytest_portlease import LockTimeout
+from pytest_portlease._lock import DirLock
+
+path = Path(sys.argv[1])
+lock = DirLock(path, lambda: os.open(path, os.O_RDWR | os.O_CLOEXEC), lambda: None)
+try:
+    lock.acquire(0.05)
+except LockTimeout:
+    print("gave up", flush=True)
+"""
+
+
+def test_a_process_that_gave_up_waiting_exits_while_the_lock_is_still_held(lock: Path) -> None:
+    held = os.open(lock, os.O_RDWR)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    try:
+        # Its waiter thread is still blocked in flock(2) when the interpreter exits.
+        argv = [sys.executable, "-c", _GIVE_UP, os.fspath(lock)]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        assert (done.returncode, done.stdout, done.stderr) == (0, "gave up\n", "")
+        assert not _free(lock)
+    finally:
+        os.close(held)
+
+
+_FORK = """
+import errno, os, sys
+from pathlib import Path
+from pytest_portlease import LockTimeout
+from pytest_portlease._lock import DirLock
+
+path = Path(sys.argv[1])
+def opener():
+    return os.open(path, os.O_RDWR | os.O_CLOEXEC)
+
+os.close(0)  # a process started with stdin closed: the lock opens on descriptor 0
+held = DirLock(path, opener, lambda: None)
+held.acquire(5)
+waiting = DirLock(path, opener, lambda: None)
+try:
+    waiting.acquire(0.05)
+except LockTimeout:
+    pass
+[waiter] = waiting._waiters  # abandoned, still blocked in flock(2)
+copies = [held._fd, waiting._fd, waiter.fd]
+assert copies[0] == 0, copies
+never = DirLock(path, opener, lambda: None)  # opened nothing yet
+os.close(waiting._fd)  # one copy closed already, as by a child that closed its descriptors
+pid = os.fork()
+if pid == 0:
+    code = 1
+    try:
+        for lock in (held, waiting, never):
+            lock.forget_after_fork()
+        for fd in copies:
+            try:
+                os.fstat(fd)
+            except OSError as e:
+                assert e.errno == errno.EBADF
+            else:
+                raise AssertionError(f"descriptor {fd} is still open in the child")
+        try:
+            held.acquire(0.05)  # the parent still holds it: the child did not unlock it
+        except LockTimeout:
+            pass
+        else:
+            raise AssertionError("the child took the parent's lock")
+        held.close()
+        never.close()
+        code = 0
+    finally:
+        os._exit(code)
+_, status = os.waitpid(pid, 0)
+assert os.waitstatus_to_exitcode(status) == 0, status
+assert held.is_current() and os.fstat(0)  # the parent's copy is open, and locked still
+print("ok", flush=True)
+"""
+
+
+def test_a_forked_child_closes_its_copies_without_unlocking_and_can_lock_again(lock: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-W", "ignore::DeprecationWarning", "-c", textwrap.dedent(_FORK), os.fspath(lock)],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, "ok\n", "")
+    assert _free(lock)  # the parent exited, and its abandoned waiter let go
