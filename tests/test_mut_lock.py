@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_portlease import _lock, _owner
+from pytest_portlease import LockTimeout, _lock, _owner
 
 
 def _until(condition: object, what: str) -> None:
@@ -105,6 +105,7 @@ def test_a_waiter_whose_flock_fails_raises_that_error(lock: Path) -> None:
     with pytest.raises(OSError, match="Bad file descriptor") as info:
         waiter.wait(30)
     assert info.value.errno == errno.EBADF
+    assert waiter.fd == -1  # closed: a forked child must not close that number again
     for thread in _waiter_threads() - others:
         thread.join(30)
 
@@ -198,3 +199,87 @@ def test_a_forked_child_closes_its_copies_without_unlocking_and_can_lock_again(l
     )
     assert (done.returncode, done.stdout, done.stderr) == (0, "ok\n", "")
     assert _free(lock)  # the parent exited, and its abandoned waiter let go
+
+
+def _dir_lock(path: Path, prepared: list[Path] | None = None) -> _lock.DirLock:
+    def opener() -> int:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+    return _lock.DirLock(path, opener, lambda: (prepared if prepared is not None else []).append(path))
+
+
+@pytest.mark.parametrize("blocking", [True, False], ids=["kernel-queue", "polling"])
+def test_a_lock_timeout_reports_the_time_actually_waited(
+    lock: Path, blocking: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_lock, "_blocking_wait_available", lambda: blocking)
+    held = os.open(lock, os.O_RDWR)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    others = _waiter_threads()
+    waiting = _dir_lock(lock)
+    try:
+        with pytest.raises(LockTimeout) as info:
+            waiting.acquire(0.0)  # gives up at once, after the time it took to try
+    finally:
+        os.close(held)
+        waiting.close()
+    for thread in _waiter_threads() - others:
+        thread.join(30)
+    assert info.value.timeout == 0.0
+    assert 0.0 < info.value.waited < 30
+    assert info.value.holder_pid == os.getpid()
+    assert f"(waited {info.value.waited:.1f}s); held by pid {os.getpid()}" in str(info.value)
+
+
+def test_a_removed_lock_file_is_made_again_and_reported_replaced(lock: Path) -> None:
+    prepared: list[Path] = []
+    dir_lock = _dir_lock(lock, prepared)
+    try:
+        assert not dir_lock.is_current()  # no descriptor yet
+        assert dir_lock.acquire(5) is False
+        dir_lock.release()
+        lock.unlink()  # `rm <dir>/lock`, as advice for a "stale" lock has it
+        assert dir_lock.acquire(5) is True  # what was cached may have been written unexcluded
+        assert prepared == [lock]
+        assert dir_lock.is_current() and lock.exists()
+        assert not _free(lock)
+        dir_lock.release()
+        assert dir_lock.acquire(5) is False and prepared == [lock]
+    finally:
+        dir_lock.close()
+    assert not dir_lock.is_current()
+
+
+def test_try_acquire_takes_only_a_free_lock_that_the_path_still_names(lock: Path) -> None:
+    dir_lock = _dir_lock(lock)
+    try:
+        assert dir_lock.try_acquire() is False  # nothing open yet: it does not open or wait
+        dir_lock.acquire(5)
+        dir_lock.release()
+        assert dir_lock.try_acquire() is True
+        assert not _free(lock)
+        dir_lock.release()
+        held = os.open(lock, os.O_RDWR)
+        fcntl.flock(held, fcntl.LOCK_EX)
+        try:
+            assert dir_lock.try_acquire() is False  # busy
+        finally:
+            os.close(held)
+        lock.unlink()
+        assert dir_lock.try_acquire() is False  # free, but the path names no file of ours
+        lock.touch()
+        assert _free(lock)
+    finally:
+        dir_lock.close()
+
+
+def test_a_symlink_planted_at_the_lock_path_is_not_the_lock_file(lock: Path) -> None:
+    dir_lock = _dir_lock(lock)
+    try:
+        dir_lock.acquire(5)
+        assert dir_lock.is_current()
+        lock.rename(lock.with_name("lock.real"))
+        lock.symlink_to("lock.real")  # names our very inode, through a link we never open
+        assert not dir_lock.is_current()
+    finally:
+        dir_lock.close()
