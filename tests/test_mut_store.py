@@ -4,6 +4,8 @@ cache that spares a parse, and the kept file's rewrite."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import shutil
 import stat
@@ -405,6 +407,10 @@ def test_the_sweep_keeps_a_temp_of_another_users_live_process(world_dir: Path) -
 
     assert _as_nobody(save) == "True"
     assert names(lease_dir) == sorted([STATE_NAME, f"{TEMP_PREFIX}1"])
+    root = Store(lease_dir, "test")  # root may signal pid 1: alive to it too
+    root.prepare()
+    assert write(root, 1)
+    assert names(lease_dir) == sorted([STATE_NAME, f"{TEMP_PREFIX}1", f"{TEMP_PREFIX}{os.getpid()}"])
 
 
 class _Monotonic:
@@ -581,3 +587,79 @@ def test_an_exchange_refused_for_another_reason_is_an_error(store: Store) -> Non
         "(Not a directory): make it writable"
     )
     assert names(store.directory) == ["names.json"]
+
+
+# -- the lock file, and the file a write keeps ----------------------------------------------------
+
+
+def test_the_lock_file_is_opened_close_on_exec_and_never_through_a_link(store: Store, tmp_path: Path) -> None:
+    fd = store.open_lock()
+    try:
+        assert fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+    finally:
+        os.close(fd)
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"")
+    store.lock_path.unlink()
+    store.lock_path.symlink_to(target)  # planted after prepare() looked
+    with pytest.raises(PortleaseError) as caught:
+        store.open_lock()
+    assert str(caught.value) == (
+        f"lease directory {store.directory} from test cannot open its lock file "
+        f"(Too many levels of symbolic links): {store.lock_path} is not a regular file "
+        "(a directory, a link or a device): remove it"
+    )
+
+
+def test_a_lock_file_that_cannot_be_opened_for_another_reason_says_make_the_directory_writable(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_open = os.open
+
+    def failing(path: object, flags: int, mode: int = 0o777) -> int:
+        if os.fsencode(path) == os.fsencode(store.lock_path):  # type: ignore[arg-type]
+            raise OSError(errno.EIO, os.strerror(errno.EIO))  # a disk error: no advice of its own
+        return real_open(path, flags, mode)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", failing)
+    with pytest.raises(PortleaseError) as caught:
+        store.open_lock()
+    assert str(caught.value) == (
+        f"lease directory {store.directory} from test cannot open its lock file "
+        "(Input/output error): make the directory writable"
+    )
+
+
+def _kept(store: Store) -> Path:
+    return store.directory / f"{TEMP_PREFIX}{os.getpid()}"
+
+
+def test_discarding_the_kept_file_removes_it_and_the_next_write_still_takes(store: Store) -> None:
+    assert write(store, 1) and write(store, 2)
+    assert _kept(store).exists()
+    store.discard_temp()
+    assert names(store.directory) == [STATE_NAME]
+    store.discard_temp()  # nothing kept: nothing to do
+    assert write(store, 3)  # not taken for a file swapped out from under us
+    assert store.load().next == 3
+    assert write(store, 4) and _kept(store).exists()
+    _kept(store).unlink()  # removed by someone else meanwhile
+    store.discard_temp()
+    assert names(store.directory) == [STATE_NAME]
+
+
+def test_a_forked_child_does_not_discard_its_parents_kept_file(store: Store) -> None:
+    assert write(store, 1) and write(store, 2)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            store.discard_temp()
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert _kept(store).exists()  # the parent's, named with its pid
+    store.discard_temp()
+    assert not _kept(store).exists()
