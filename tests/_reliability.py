@@ -37,6 +37,18 @@ def child_argv(mode: str, **args: Any) -> list[str]:
     return [sys.executable, os.fspath(CHILD), mode, json.dumps(args)]
 
 
+def unshare_works() -> bool:
+    """Whether ``unshare --pid --fork`` runs here: decided by unshare itself, since namespaces
+    may be refused (no privilege, seccomp, an old kernel)."""
+    try:
+        done = subprocess.run(
+            ["unshare", "--pid", "--fork", "--kill-child", "true"], capture_output=True, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
 @contextlib.contextmanager
 def holding(
     directory: Path, port_range: object, *, size: int, ttl: float

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from _reliability import unshare_works
 
 from pytest_portlease import PortleaseError, PortleaseWarning, _store
 from pytest_portlease._state import STATE_NAME, State, _warned
@@ -663,3 +664,30 @@ def test_a_forked_child_does_not_discard_its_parents_kept_file(store: Store) -> 
     assert _kept(store).exists()  # the parent's, named with its pid
     store.discard_temp()
     assert not _kept(store).exists()
+
+
+_AS_PID_1 = """
+import os, sys
+from pathlib import Path
+from pytest_portlease._state import State
+from pytest_portlease._store import Store
+assert os.getpid() == 1, os.getpid()  # a container's first process, pytest run as its command
+store = Store(Path(sys.argv[1]), "pid 1")
+store.prepare()
+for n in (1, 2, 3):
+    store.load()
+    assert store.save(State(n, {}, {}))
+assert os.path.exists(Path(sys.argv[1]) / "fm-portalloc.json.tmp-1")  # the kept file
+store.discard_temp()
+print(store.load().next)
+"""
+
+
+def test_a_writer_that_is_pid_1_of_its_namespace_writes_and_discards_its_temp(store: Store) -> None:
+    if not unshare_works():
+        pytest.skip("unshare --pid --fork is refused here")
+    argv = ["unshare", "--pid", "--fork", "--kill-child", sys.executable, "-c", _AS_PID_1, os.fspath(store.directory)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "3\n", "")
+    assert names(store.directory) == [STATE_NAME]
+    assert store.load().next == 3

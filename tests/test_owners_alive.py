@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _reliability import holding
+from _reliability import holding, unshare_works
 from conftest import free_window
 
 from pytest_portlease import PortLeaser
@@ -102,19 +102,8 @@ def test_a_dead_owners_expired_lease_is_still_reclaimed(lease_dir: Path, window:
     assert _run(_lease_code(lease_dir, window, size=2)) == first
 
 
-def _unshare_works() -> bool:
-    # Decided by unshare itself: namespaces may be refused (no privilege, seccomp, old kernel).
-    try:
-        done = subprocess.run(
-            ["unshare", "--pid", "--fork", "--kill-child", "true"], capture_output=True, timeout=30
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return done.returncode == 0
-
-
 def test_a_pid_namespace_that_sees_the_hosts_proc(lease_dir: Path, window: PortRange) -> None:
-    if not _unshare_works():
+    if not unshare_works():
         pytest.skip("unshare --pid --fork is refused here")
     # Inside `unshare --pid --fork` without --mount-proc, pids count from 1 while /proc is the
     # host's. The holder is given an inside pid that names no host process, so to a leaser that
