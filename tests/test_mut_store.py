@@ -691,3 +691,21 @@ def test_a_writer_that_is_pid_1_of_its_namespace_writes_and_discards_its_temp(st
     assert (done.returncode, done.stdout, done.stderr) == (0, "3\n", "")
     assert names(store.directory) == [STATE_NAME]
     assert store.load().next == 3
+
+
+def test_without_renameat2_in_libc_writes_replace_the_state_and_keep_no_temp(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ctypes
+
+    class OldLibc:  # a C library without renameat2 (glibc before 2.28)
+        def __init__(self, name: object, use_errno: bool = False) -> None:
+            pass
+
+    monkeypatch.setattr(_store, "_renameat2", None)  # not looked up yet
+    monkeypatch.setattr(ctypes, "CDLL", OldLibc)
+    for n in (1, 2, 3):
+        assert write(store, n)
+        assert names(store.directory) == [STATE_NAME]  # os.replace: nothing kept to rewrite
+    assert _store._renameat2 is False  # looked up once
+    assert store.load().next == 3
