@@ -192,7 +192,7 @@ print("ok", flush=True)
 """
 
 
-def test_a_forked_child_closes_its_copies_without_unlocking_and_can_lock_again(lock: Path) -> None:
+def test_a_forked_child_lets_go_of_its_copies_without_unlocking_and_locks_again(lock: Path) -> None:
     never = _lock.DirLock(lock, lambda: os.open(lock, os.O_RDWR), lambda: None)
     never.forget_after_fork()  # here too: a lock that opened nothing has nothing to let go of
     assert not never.is_current()

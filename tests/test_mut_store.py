@@ -391,7 +391,7 @@ def test_another_users_lock_and_state_cannot_be_opened_and_say_why(world_dir: Pa
     )
 
 
-def test_the_sweep_keeps_a_temp_of_another_users_live_process(world_dir: Path) -> None:
+def test_the_sweeps_of_nobody_and_of_root_keep_a_temp_of_a_live_process_of_another_user(world_dir: Path) -> None:
     # Signalling pid 1 is not allowed to nobody (EPERM): that writer is alive, its temp stays.
     lease_dir = world_dir / "leases"
     lease_dir.mkdir()
