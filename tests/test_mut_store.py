@@ -311,7 +311,8 @@ NOBODY = 65534
 def _as_nobody(work: Callable[[], str]) -> str:
     """``work()`` in a forked child that dropped to uid and gid 65534; what it returned, or the
     text of the PortleaseError it raised."""
-    import traceback
+    import ctypes  # noqa: F401  # the engine's lazy imports, done here: the child, as nobody,
+    import traceback  # cannot read this interpreter's install to import them itself
 
     r, w = os.pipe()
     pid = os.fork()
