@@ -313,11 +313,19 @@ class Store:
         return True
 
     def write_file(self, name: str, data: bytes) -> None:
-        """Atomically replace another small file of ours in the directory (caller holds the lock)."""
+        """Atomically replace another small file of ours in the directory (caller holds the lock).
+
+        A directory at ``name`` is refused, as os.replace refuses it: the exchange swaps one out
+        as readily as a file, and at our temp name no unlink could remove it again.
+        """
+        path = self.directory / name
         try:
-            self._write_new(self.directory / name, data)
+            self._write_new(path, data)
+            if self._temp_kept and stat.S_ISDIR(os.lstat(self._temp_b).st_mode):
+                _exchange(self._temp_b, os.fsencode(path))  # put it back; ours stays kept
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), os.fspath(path))
         except OSError as e:
-            raise self._fail(f"cannot hold {name}", "make it writable", e) from None
+            raise self._fail(f"cannot hold {name}", advice(e, "make it writable", what=path), e) from None
 
     def read_file(self, name: str) -> bytes:
         """Another small file of ours; b"" when missing, unreadable or a symlink."""

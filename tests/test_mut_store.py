@@ -161,6 +161,31 @@ def test_another_file_is_written_whole_and_read_back(store: Store) -> None:
     assert names(store.directory) == sorted(["names.json", f"{TEMP_PREFIX}{os.getpid()}"])
 
 
+@pytest.mark.parametrize("swap", ["renameat2", "os.replace"])
+def test_another_file_over_a_directory_planted_at_its_name_is_refused_and_the_directory_stays(
+    store: Store, swap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if swap == "os.replace":
+        monkeypatch.setattr(_store, "_renameat2", False)  # as where libc lacks renameat2
+    assert write(store, 1)
+    planted = store.directory / "names.json"
+    planted.mkdir()
+    (planted / "inside").write_bytes(b"theirs")
+    for _ in range(2):  # the first write has no kept file yet, the second one has
+        with pytest.raises(PortleaseError) as caught:
+            store.write_file("names.json", b"{}")
+        assert str(caught.value) == (
+            f"lease directory {store.directory} from test cannot hold names.json (Is a directory): "
+            f"{planted} is not a regular file (a directory, a link or a device): remove it"
+        )
+        assert (planted / "inside").read_bytes() == b"theirs"  # where it was, whole
+    assert write(store, 2) and write(store, 3)  # the state's writes go on
+    assert store.load().next == 3
+    assert sorted(p.name for p in store.directory.iterdir() if not p.name.startswith(TEMP_PREFIX)) == [
+        STATE_NAME, "names.json"
+    ]
+
+
 def test_another_file_that_is_a_link_or_too_big_reads_as_empty(store: Store, tmp_path: Path) -> None:
     (tmp_path / "target").write_bytes(b"secret")
     (store.directory / "link.json").symlink_to(tmp_path / "target")
@@ -586,7 +611,7 @@ def test_an_exchange_refused_for_another_reason_is_an_error(store: Store) -> Non
         store.write_file("names.json/below", b"{}")  # a component that is a file
     assert str(caught.value) == (
         f"lease directory {store.directory} from test cannot hold names.json/below "
-        "(Not a directory): make it writable"
+        "(Not a directory): a component of the path is not a directory: point it at a directory"
     )
     assert names(store.directory) == ["names.json"]
 
