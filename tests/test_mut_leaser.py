@@ -19,8 +19,8 @@ from conftest import SteppedClock, free_window, kernel_ephemeral_range
 from test_gaps_leaser import keys, rewrite
 from test_leaser import renewals
 
-from pytest_portlease import PortLeaser, PortleaseWarning, PortRangeExhausted, PortUnavailable, _leaser
-from pytest_portlease._config import PortRange
+from pytest_portlease import LockTimeout, PortLeaser, PortleaseWarning, PortRangeExhausted, PortUnavailable, _leaser
+from pytest_portlease._config import WELL_KNOWN_PORTS, PortRange
 from pytest_portlease._owner import owner_for
 
 
@@ -254,3 +254,77 @@ def test_a_lease_extends_a_live_owners_expired_range_by_its_own_ttl(
         finally:
             assert rival.stdin is not None
             rival.stdin.close()
+
+
+# -- a per-call range, the range's source, the stats ----------------------------------------------
+
+
+def _bindable(port: int) -> bool:
+    """The test's own oracle: a TCP and a UDP bind of the port on all interfaces."""
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind(("", port))
+            except OSError:
+                return False
+    return True
+
+
+def test_a_per_call_range_is_taken_as_given_by_a_leaser_of_the_default_range(lease_dir: Path) -> None:
+    # Below every worker's slice (20000-31999): no other test leases these.
+    free = [p for p in sorted(WELL_KNOWN_PORTS) if p < 20000 and _bindable(p)]
+    assert free, "every well-known port below 20000 is taken on this host"
+    with PortLeaser(lease_dir) as leaser:
+        assert leaser.range_setting.source == "default"
+        block = leaser.lease(1, port_range=(free[0], free[0]))
+        assert block.base == free[0]  # a range someone chose skips no well-known port
+
+
+def test_an_exhausted_range_names_the_setting_it_came_from(
+    lease_dir: Path, port_range: PortRange, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PORTLEASE_RANGE", str(port_range))
+    with PortLeaser(lease_dir) as leaser:
+        leaser.lease(port_range.size)
+        with pytest.raises(PortRangeExhausted) as caught:
+            leaser.lease(1)
+    assert f"in range {port_range} (PORTLEASE_RANGE):" in str(caught.value)
+
+
+def test_the_stats_count_each_lease_its_ports_its_time_and_its_wait_for_the_lock(
+    lease_dir: Path, port_range: PortRange
+) -> None:
+    with PortLeaser(lease_dir, port_range=port_range) as leaser:
+        leaser.lease(2)
+        leaser.lease(1)
+        stats = leaser.stats
+        assert (stats.blocks, stats.ports, stats.lock_timeouts, stats.failed_at_once) == (2, 3, 0, 0)
+        assert 0 < stats.lock_wait <= stats.seconds
+
+
+_HOLD = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_fail_fast_leaser_counts_each_lease_it_refused_at_once(lease_dir: Path, port_range: PortRange) -> None:
+    lease_dir.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-c", _HOLD, os.fspath(lease_dir / "lock")]
+    with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as holder:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        try:
+            with PortLeaser(lease_dir, port_range=port_range, lock_timeout=0.05, fail_fast=True) as leaser:
+                with pytest.raises(LockTimeout) as first:
+                    leaser.lease(1)
+                assert (leaser.stats.lock_timeouts, leaser.stats.failed_at_once) == (1, 0)  # it waited
+                for refused in (1, 2):
+                    with pytest.raises(LockTimeout) as again:
+                        leaser.lease(1)
+                    assert str(again.value) == str(first.value)  # the first one's, not a new wait
+                    assert (leaser.stats.lock_timeouts, leaser.stats.failed_at_once) == (1, refused)
+        finally:
+            holder.communicate("")
