@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -328,3 +329,26 @@ def test_a_fail_fast_leaser_counts_each_lease_it_refused_at_once(lease_dir: Path
                     assert (leaser.stats.lock_timeouts, leaser.stats.failed_at_once) == (1, refused)
         finally:
             holder.communicate("")
+
+
+def test_leases_of_the_leasers_own_ttl_never_postpone_its_heartbeat(lease_dir: Path, port_range: PortRange) -> None:
+    # Only a shorter TTL wakes the heartbeat to wait anew: were every lease to, a suite leasing
+    # more often than ttl/3 would postpone each renewal, and its leases would expire in use.
+    with PortLeaser(lease_dir, port_range=port_range, ttl=0.3) as leaser:
+        renewed = renewals(leaser)
+        leaser.start_heartbeat()
+        deadline = time.monotonic() + 30
+        while not renewed.is_set():  # back to back, far more often than every 0.1 s
+            assert time.monotonic() < deadline, "no renewal while leasing back to back"
+            leaser.release(leaser.lease(1))
+
+
+def test_each_lease_is_logged_with_its_ttl_and_label(
+    lease_dir: Path, port_range: PortRange, caplog: pytest.LogCaptureFixture
+) -> None:
+    with (
+        PortLeaser(lease_dir, port_range=port_range, label="suite") as leaser,
+        caplog.at_level(logging.DEBUG, logger="pytest_portlease"),
+    ):
+        block = leaser.lease(2, ttl=42.5, label="db")
+    assert f"leased {block} for 42.5s as 'suite db'" in caplog.messages
