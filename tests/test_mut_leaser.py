@@ -352,3 +352,17 @@ def test_each_lease_is_logged_with_its_ttl_and_label(
     ):
         block = leaser.lease(2, ttl=42.5, label="db")
     assert f"leased {block} for 42.5s as 'suite db'" in caplog.messages
+
+
+def test_a_lease_directory_removed_whole_is_made_again_by_the_next_lease(
+    lease_dir: Path, port_range: PortRange
+) -> None:
+    import shutil
+
+    with PortLeaser(lease_dir, port_range=port_range) as leaser:
+        leaser.lease(1)
+        shutil.rmtree(lease_dir)  # a cache cleaner, or `rm -rf` of a stale-looking directory
+        second = leaser.lease(1)
+        assert second.base in port_range
+        assert (lease_dir / "lock").is_file()
+        assert set(keys(lease_dir)) == {str(second.base)}  # the first one's record went with it
