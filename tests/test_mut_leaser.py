@@ -20,8 +20,16 @@ from conftest import SteppedClock, free_window, kernel_ephemeral_range
 from test_gaps_leaser import keys, rewrite
 from test_leaser import renewals
 
-from pytest_portlease import LockTimeout, PortLeaser, PortleaseWarning, PortRangeExhausted, PortUnavailable, _leaser
-from pytest_portlease._config import WELL_KNOWN_PORTS, PortRange
+from pytest_portlease import (
+    InvalidArgument,
+    LockTimeout,
+    PortLeaser,
+    PortleaseWarning,
+    PortRangeExhausted,
+    PortUnavailable,
+    _leaser,
+)
+from pytest_portlease._config import WELL_KNOWN_PORTS, PortRange, Resolved
 from pytest_portlease._owner import owner_for
 
 
@@ -366,3 +374,40 @@ def test_a_lease_directory_removed_whole_is_made_again_by_the_next_lease(
         assert second.base in port_range
         assert (lease_dir / "lock").is_file()
         assert set(keys(lease_dir)) == {str(second.base)}  # the first one's record went with it
+
+
+def test_settings_resolved_by_the_caller_keep_their_sources(lease_dir: Path, port_range: PortRange) -> None:
+    directory = Resolved(lease_dir, "--portlease-dir")
+    rng = Resolved(port_range, "ini portlease_range")
+    with PortLeaser(directory, port_range=rng) as leaser:
+        assert (leaser.directory_setting, leaser.range_setting) == (directory, rng)
+        assert leaser.store.source == "--portlease-dir"
+
+
+@pytest.mark.parametrize("bad", [True, "123", -1, 1.5])
+def test_an_owner_pid_that_is_not_a_process_id_is_refused(lease_dir: Path, bad: object) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        PortLeaser(lease_dir, owner_pid=bad)  # type: ignore[arg-type]
+    assert str(caught.value) == f"invalid owner_pid {bad!r} from argument: expected a process id"
+
+
+_LABEL = """
+import sys
+from pytest_portlease import PortLeaser
+with PortLeaser(sys.argv[1], port_range=sys.argv[2]) as leaser:
+    print(repr(leaser.label))
+"""
+
+
+def test_the_default_label_is_the_scripts_name(lease_dir: Path, port_range: PortRange, tmp_path: Path) -> None:
+    script = tmp_path / "my-suite.py"
+    script.write_text(_LABEL)
+    done = subprocess.run(
+        [sys.executable, os.fspath(script), os.fspath(lease_dir), str(port_range)],
+        capture_output=True, text=True, timeout=60, check=True,
+    )
+    assert done.stdout == "'my-suite.py'\n"
+    with PortLeaser(lease_dir, port_range=port_range) as leaser:  # here: pytest's, or "" under xdist
+        assert isinstance(leaser.label, str)
+    with PortLeaser(lease_dir, port_range=port_range, label="") as leaser:
+        assert leaser.label == ""
