@@ -323,7 +323,7 @@ class Store:
             self._write_new(path, data)
             if self._temp_kept and stat.S_ISDIR(os.lstat(self._temp_b).st_mode):
                 _exchange(self._temp_b, os.fsencode(path))  # put it back; ours stays kept
-                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), os.fspath(path))
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
         except OSError as e:
             raise self._fail(f"cannot hold {name}", advice(e, "make it writable", what=path), e) from None
 
