@@ -19,6 +19,7 @@ import pytest
 from conftest import SteppedClock, free_window, kernel_ephemeral_range
 from test_gaps_leaser import keys, rewrite
 from test_leaser import renewals
+from test_well_known_ports import port_is_free
 
 from pytest_portlease import (
     InvalidArgument,
@@ -268,20 +269,9 @@ def test_a_lease_extends_a_live_owners_expired_range_by_its_own_ttl(
 # -- a per-call range, the range's source, the stats ----------------------------------------------
 
 
-def _bindable(port: int) -> bool:
-    """The test's own oracle: a TCP and a UDP bind of the port on all interfaces."""
-    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-        with socket.socket(socket.AF_INET, kind) as s:
-            try:
-                s.bind(("", port))
-            except OSError:
-                return False
-    return True
-
-
 def test_a_per_call_range_is_taken_as_given_by_a_leaser_of_the_default_range(lease_dir: Path) -> None:
     # Below every worker's slice (20000-31999): no other test leases these.
-    free = [p for p in sorted(WELL_KNOWN_PORTS) if p < 20000 and _bindable(p)]
+    free = [p for p in sorted(WELL_KNOWN_PORTS) if p < 20000 and port_is_free(p)]
     assert free, "every well-known port below 20000 is taken on this host"
     with PortLeaser(lease_dir) as leaser:
         assert leaser.range_setting.source == "default"

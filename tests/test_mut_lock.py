@@ -8,6 +8,7 @@ descriptors, descriptor 0 included, without unlocking the parent's lock, and can
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -16,9 +17,11 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _reliability import lock_is_held
 
 from pytest_portlease import LockTimeout, _lock, _owner
 
@@ -30,20 +33,28 @@ def _until(condition: object, what: str) -> None:
         time.sleep(0.01)
 
 
-def _free(path: Path) -> bool:
-    """Whether a description of our own can take the lock right now (and lets it go)."""
+@contextlib.contextmanager
+def _held(path: Path) -> Iterator[None]:
+    """The lock held, until the block ends, by a description of the test's own."""
     fd = os.open(path, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
+        yield
     finally:
         os.close(fd)
-    return True
 
 
 def _waiter_threads() -> set[threading.Thread]:
     return {t for t in threading.enumerate() if t.name == "portlease-lock-waiter"}
+
+
+def _blocked_waiter(path: Path, pending: set[_lock._Waiter]) -> tuple[_lock._Waiter, threading.Thread]:
+    """A waiter on a description of its own, once the kernel shows it blocked, and its thread."""
+    others = _waiter_threads()  # left by other tests, if any
+    waiter = _lock._Waiter(os.open(path, os.O_RDWR), pending)
+    _until(lambda: os.getpid() in _owner.lock_holders(path)[1], "the waiter to block in flock")
+    [thread] = _waiter_threads() - others
+    return waiter, thread
 
 
 @pytest.fixture
@@ -54,47 +65,32 @@ def lock(tmp_path: Path) -> Path:
 
 
 def test_a_waiter_is_a_named_daemon_known_to_its_lock_until_it_is_granted(lock: Path) -> None:
-    held = os.open(lock, os.O_RDWR)
-    fcntl.flock(held, fcntl.LOCK_EX)
     pending: set[_lock._Waiter] = set()
-    others = _waiter_threads()  # left by other tests, if any
-    try:
-        waiter = _lock._Waiter(os.open(lock, os.O_RDWR), pending)
-        assert pending == {waiter}
-        _until(lambda: os.getpid() in _owner.lock_holders(lock)[1], "the waiter to block in flock")
-        [thread] = _waiter_threads() - others
+    with _held(lock):
+        waiter, thread = _blocked_waiter(lock, pending)
         assert thread.daemon  # a process that gave up waiting must not hang at exit
         assert pending == {waiter}
-    finally:
-        os.close(held)
     assert waiter.wait(30)
     thread.join(30)
     assert pending == set()
-    assert not _free(lock)  # the waiter's descriptor holds it
+    assert lock_is_held(lock)  # the waiter's descriptor holds it
     os.close(waiter.fd)
-    assert _free(lock)
+    assert not lock_is_held(lock)
 
 
 def test_an_abandoned_waiter_lets_go_of_what_it_is_granted(lock: Path) -> None:
-    held = os.open(lock, os.O_RDWR)
-    fcntl.flock(held, fcntl.LOCK_EX)
     pending: set[_lock._Waiter] = set()
-    others = _waiter_threads()  # left by other tests, if any
-    try:
-        waiter = _lock._Waiter(os.open(lock, os.O_RDWR), pending)
+    with _held(lock):
+        waiter, thread = _blocked_waiter(lock, pending)
         fd = waiter.fd
-        _until(lambda: os.getpid() in _owner.lock_holders(lock)[1], "the waiter to block in flock")
-        [thread] = _waiter_threads() - others
         assert not waiter.wait(0.0)
-    finally:
-        os.close(held)
     thread.join(30)
     assert not thread.is_alive() and pending == set()
     assert waiter.fd == -1  # closed: a forked child must not close that number again
     with pytest.raises(OSError, match="Bad file descriptor") as info:
         os.fstat(fd)
     assert info.value.errno == errno.EBADF
-    assert _free(lock)
+    assert not lock_is_held(lock)
 
 
 def test_a_waiter_whose_flock_fails_raises_that_error(lock: Path) -> None:
@@ -126,16 +122,12 @@ except LockTimeout:
 
 
 def test_a_process_that_gave_up_waiting_exits_while_the_lock_is_still_held(lock: Path) -> None:
-    held = os.open(lock, os.O_RDWR)
-    fcntl.flock(held, fcntl.LOCK_EX)
-    try:
+    with _held(lock):
         # Its waiter thread is still blocked in flock(2) when the interpreter exits.
         argv = [sys.executable, "-c", _GIVE_UP, os.fspath(lock)]
         done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
         assert (done.returncode, done.stdout, done.stderr) == (0, "gave up\n", "")
-        assert not _free(lock)
-    finally:
-        os.close(held)
+        assert lock_is_held(lock)
 
 
 _FORK = """
@@ -201,7 +193,7 @@ def test_a_forked_child_lets_go_of_its_copies_without_unlocking_and_locks_again(
         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
     )
     assert (done.returncode, done.stdout, done.stderr) == (0, "ok\n", "")
-    assert _free(lock)  # the parent exited, and its abandoned waiter let go
+    assert not lock_is_held(lock)  # the parent exited, and its abandoned waiter let go
 
 
 def _dir_lock(path: Path, prepared: list[Path] | None = None) -> _lock.DirLock:
@@ -216,15 +208,12 @@ def test_a_lock_timeout_reports_the_time_actually_waited(
     lock: Path, blocking: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(_lock, "_blocking_wait_available", lambda: blocking)
-    held = os.open(lock, os.O_RDWR)
-    fcntl.flock(held, fcntl.LOCK_EX)
     others = _waiter_threads()
     waiting = _dir_lock(lock)
     try:
-        with pytest.raises(LockTimeout) as info:
+        with _held(lock), pytest.raises(LockTimeout) as info:
             waiting.acquire(0.0)  # gives up at once, after the time it took to try
     finally:
-        os.close(held)
         waiting.close()
     for thread in _waiter_threads() - others:
         thread.join(30)
@@ -245,7 +234,7 @@ def test_a_removed_lock_file_is_made_again_and_reported_replaced(lock: Path) -> 
         assert dir_lock.acquire(5) is True  # what was cached may have been written unexcluded
         assert prepared == [lock]
         assert dir_lock.is_current() and lock.exists()
-        assert not _free(lock)
+        assert lock_is_held(lock)
         dir_lock.release()
         assert dir_lock.acquire(5) is False and prepared == [lock]
     finally:
@@ -260,18 +249,14 @@ def test_try_acquire_takes_only_a_free_lock_that_the_path_still_names(lock: Path
         dir_lock.acquire(5)
         dir_lock.release()
         assert dir_lock.try_acquire() is True
-        assert not _free(lock)
+        assert lock_is_held(lock)
         dir_lock.release()
-        held = os.open(lock, os.O_RDWR)
-        fcntl.flock(held, fcntl.LOCK_EX)
-        try:
+        with _held(lock):
             assert dir_lock.try_acquire() is False  # busy
-        finally:
-            os.close(held)
         lock.unlink()
         assert dir_lock.try_acquire() is False  # free, but the path names no file of ours
         lock.touch()
-        assert _free(lock)
+        assert not lock_is_held(lock)
     finally:
         dir_lock.close()
 
