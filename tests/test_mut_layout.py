@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from pytest_portlease import _layout
 from pytest_portlease._layout import Lines
 from pytest_portlease._parse import parse_tolerant
 from pytest_portlease._state import Entry, State
@@ -57,6 +58,16 @@ def test_a_line_read_once_is_taken_from_the_cache() -> None:
     assert first is not None and (first.base, first.size) == (100, 2)
     assert lines.entry(raw) is first
     assert lines.entry(b'"5": nonsense') is None
+
+
+def test_the_cache_never_holds_more_than_its_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_layout, "CACHE_MAX", 3)
+    lines = Lines()
+    raws = encoded(100, 200, 300, 400).split(b"\n")[1:5]
+    for raw in raws:
+        assert lines.entry(raw.rstrip(b",")) is not None
+        assert len(lines._read) <= 3  # a long run sees ever new lines: the cache starts over
+    assert len(lines._read) == 1
 
 
 def test_a_line_of_two_ranges_is_never_half_applied() -> None:
