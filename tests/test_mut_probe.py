@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -66,3 +67,27 @@ def test_a_time_wait_port_with_a_udp_holder_is_not_taken() -> None:
         holder.bind(("0.0.0.0", port))
         assert not _probe.only_in_time_wait(port, {port: {"06"}})
     assert _probe.only_in_time_wait(port, {port: {"06"}})
+
+
+def test_an_unprivileged_process_gets_the_same_dual_stack_answer() -> None:
+    # The check binds ports of the kernel's choosing (port 0), which any user may bind.
+    if os.geteuid() != 0:
+        pytest.skip("dropping to another uid needs root")
+    as_root = _probe.dual_stack_sees_ipv4()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            os.write(w, b"yes" if _probe.dual_stack_sees_ipv4() else b"no")
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        answer = f.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert answer == (b"yes" if as_root else b"no")
