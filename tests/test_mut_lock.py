@@ -271,3 +271,33 @@ def test_a_symlink_planted_at_the_lock_path_is_not_the_lock_file(lock: Path) -> 
         assert not dir_lock.is_current()
     finally:
         dir_lock.close()
+
+
+def test_a_lock_file_replaced_at_every_turn_times_out_saying_what_it_waited(lock: Path, tmp_path: Path) -> None:
+    # The descriptor it locks is never the file the path names (as if the file were replaced
+    # after each open): every turn ends in prepare(), until the deadline.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.touch()
+    prepared: list[Path] = []
+    turns = _lock.DirLock(lock, lambda: os.open(elsewhere, os.O_RDWR), lambda: prepared.append(lock))
+    try:
+        with pytest.raises(LockTimeout) as info:
+            turns.acquire(0.0)
+    finally:
+        turns.close()
+    assert prepared == [lock]  # one turn: the deadline had passed
+    assert info.value.timeout == 0.0
+    assert 0.0 < info.value.waited < 30
+    assert str(info.value).startswith(f"could not lock {lock} within 0s (waited ")
+
+
+def test_closing_a_lock_whose_descriptor_was_closed_behind_its_back(lock: Path) -> None:
+    dir_lock = _dir_lock(lock)
+    dir_lock.acquire(5)
+    assert dir_lock.is_current()
+    for name in os.listdir("/proc/self/fd"):  # as a daemonizing library closes every descriptor
+        with contextlib.suppress(OSError):  # the listing's own descriptor is gone already
+            if os.path.samefile(f"/proc/self/fd/{name}", lock):
+                os.close(int(name))
+    dir_lock.close()  # nothing to close any more: no error
+    assert not lock_is_held(lock)
