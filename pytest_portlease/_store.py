@@ -64,7 +64,7 @@ class Store:
         self._temp_b = b""
         self._temp_pid = 0
         self._temp_kept = False  # the last write left the swapped-out file under our temp name
-        self._read_id: tuple[int, int] | None = None  # the state file last read (device, inode)
+        self._read_id: _Identity | None = None  # the state file last read (see _identity)
         self.file_mode = 0o600
         self._prepared = False
         self._bytes: bytes | None = None
@@ -170,7 +170,7 @@ class Store:
             self._read_id = _identity(self._state_b)  # a symlink ignored is still what we saw
             return b""
         st = os.fstat(fd)
-        self._read_id = (st.st_dev, st.st_ino)
+        self._read_id = _identity_of(st)
         return self._read_bounded(fd)
 
     def _read_bounded(self, fd: int) -> bytes:
@@ -482,12 +482,22 @@ _RENAME_EXCHANGE = 2
 _renameat2: Any = None
 
 
-def _identity(path: bytes) -> tuple[int, int] | None:
+#: Which file, and which bytes: another writer may rewrite in place the very inode we read (the
+#: file it kept under its temp name) and swap it back, and an inode alone would not tell. A
+#: rewrite changes the size or the modification time; a rename changes neither.
+_Identity = tuple[int, int, int, int]
+
+
+def _identity_of(st: os.stat_result) -> _Identity:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _identity(path: bytes) -> _Identity | None:
     try:
         st = os.stat(path, follow_symlinks=False)
     except FileNotFoundError:
         return None
-    return st.st_dev, st.st_ino
+    return _identity_of(st)
 
 
 def _exchange(src: bytes, dst: bytes) -> bool:

@@ -19,7 +19,7 @@ import pytest
 from _reliability import unshare_works
 
 from pytest_portlease import PortleaseError, PortleaseWarning, _store
-from pytest_portlease._state import STATE_NAME, State, _warned
+from pytest_portlease._state import STATE_NAME, Entry, State, _warned
 from pytest_portlease._store import MAX_STATE_BYTES, TEMP_PREFIX, Store
 
 
@@ -735,3 +735,26 @@ def test_without_renameat2_in_libc_writes_replace_the_state_and_keep_no_temp(
         assert names(store.directory) == [STATE_NAME]  # os.replace: nothing kept to rewrite
     assert _store._renameat2 is False  # looked up once
     assert store.load().next == 3
+
+
+def test_a_write_over_its_own_read_file_rewritten_in_place_by_another_writer_is_refused(lease_dir: Path) -> None:
+    # Two writers under two lock files (the lock file was removed between them). A reads the
+    # state; B writes twice: its second write rewrites in place the very file A read (B kept it
+    # under its temp name) and swaps it back. The file A's write takes out is then the one A
+    # read by inode, but not by content: A must not write over B's ranges.
+    a, b = Store(lease_dir, "a"), Store(lease_dir, "b")
+    a.prepare()
+    b.prepare()
+    assert write(a, 1)
+    read = os.stat(a.state_path).st_ino
+    a.load()
+    for n, base in ((2, 100), (3, 200)):
+        state = b.load()
+        state.add(Entry(base, 2, 4_000_000_000))
+        state.next = n
+        assert b.save(state)
+    assert os.stat(a.state_path).st_ino == read  # the same inode, other bytes
+    written = a.state_path.read_bytes()
+    assert a.save(State(9, {}, {})) is False
+    assert a.state_path.read_bytes() == written  # B's, put back
+    assert sorted(a.load().entries) == [100, 200]
