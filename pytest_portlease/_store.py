@@ -484,7 +484,8 @@ _renameat2: Any = None
 
 #: Which file, and which bytes: another writer may rewrite in place the very inode we read (the
 #: file it kept under its temp name) and swap it back, and an inode alone would not tell. A
-#: rewrite changes the size or the modification time; a rename changes neither.
+#: rewrite changes the size or, past the file system's timestamp tick, the modification time; a
+#: rename changes neither. (A same-size rewrite within one tick still passes: only the bytes tell.)
 _Identity = tuple[int, int, int, int]
 
 
