@@ -197,10 +197,13 @@ def test_a_forked_child_lets_go_of_its_copies_without_unlocking_and_locks_again(
 
 
 def _dir_lock(path: Path, prepared: list[Path] | None = None) -> _lock.DirLock:
+    """A DirLock on ``path`` that creates it when missing; each prepare() is noted in ``prepared``."""
+    made = [] if prepared is None else prepared
+
     def opener() -> int:
         return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
-    return _lock.DirLock(path, opener, lambda: (prepared if prepared is not None else []).append(path))
+    return _lock.DirLock(path, opener, lambda: made.append(path))
 
 
 @pytest.mark.parametrize("blocking", [True, False], ids=["kernel-queue", "polling"])
