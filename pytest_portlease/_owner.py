@@ -72,8 +72,11 @@ class Owner:
     @classmethod
     def of(cls, process: Process, label: str, run: str = "") -> Owner:
         """The owner that is ``process`` (which it then shares) with ``label`` and ``run``."""
-        owner = cls(process.pid, process.start, process.host, process.ns, label, run)
-        owner.__dict__["process"] = process  # where ``cached_property`` keeps it
+        # Its fields set at once, as ``Entry.with_line`` does; ``process`` is where
+        # ``cached_property`` keeps it.
+        owner = object.__new__(cls)
+        pid, start, host, ns = process
+        owner.__dict__.update(pid=pid, start=start, host=host, ns=ns, label=label, run=run, process=process)
         return owner
 
     @property

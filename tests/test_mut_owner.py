@@ -164,6 +164,10 @@ def test_owner_of_a_process_keeps_each_field_and_shares_the_process() -> None:
     assert owner == _owner.Owner(123, 456, "host-a", "boot/ns", "label-b", "")
     assert owner.process is process  # preset, not built again from the fields
     assert _owner.Owner.of(process, "label-b", "run-c").run == "run-c"
+    # Built without the dataclass's __init__: every field is there, as __init__ would set it.
+    built = _owner.Owner(123, 456, "host-a", "boot/ns", "label-b", "run-c")
+    assert vars(_owner.Owner.of(process, "label-b", "run-c")) == {**vars(built), "process": process}
+    assert hash(owner) == hash(_owner.Owner(123, 456, "host-a", "boot/ns", "label-b", ""))
 
 
 def test_a_file_longer_than_one_read_comes_back_whole_with_bytes_beyond_ascii_replaced(tmp_path: Path) -> None:

@@ -69,6 +69,16 @@ def test_a_line_writes_every_field_and_clamps_expires_to_a_u64() -> None:
     assert entry.line.startswith(b'"100": {"size": 2, "expires": 10, "note": "x", "owner": ')
 
 
+def test_an_entry_read_with_its_line_is_the_entry_of_its_fields_with_that_line() -> None:
+    a = owner(11, "mine")
+    read = Entry.with_line(b"the line", 100, 2, 10, a)
+    built = Entry(100, 2, 10, a)
+    # Built without the dataclass's __init__: every field is there, as __init__ would set it.
+    assert vars(read) == {**vars(built), "line": b"the line"}
+    assert (read, hash(read)) == (built, hash(built))
+    assert Entry.with_line(b"x", 100, 2, 10, None).owner is None
+
+
 # -- State: the overlap index ---------------------------------------------------------------------
 
 
