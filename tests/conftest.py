@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import socket
@@ -167,3 +168,29 @@ def low_start(monkeypatch: pytest.MonkeyPatch) -> None:
     from pytest_portlease import _scan
 
     monkeypatch.setattr(_scan, "_random", _LowStart())
+
+
+# -- under mutmut: the fastest tests first, each with a time limit of its own -----------------
+
+MUTMUT_STATS = "mutmut-stats.json"
+MUTANT_TEST_LIMIT_FLOOR = 5.0
+MUTANT_TEST_LIMIT_FACTOR = 10.0
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under mutmut (which runs the tests from ``mutants/``, beside its stats file) a mutant's
+    tests come in no set order and stop at the first failure (``-x``): run the fastest first, so
+    that a killed mutant is found in the time of its fastest failing test, and give each test a
+    time limit of its own (pytest-timeout), so that a mutant's endless loop fails its test in
+    seconds rather than holding a worker until mutmut's limit for all of its tests."""
+    stats = config.rootpath / MUTMUT_STATS
+    if not stats.exists():
+        return
+    durations: dict[str, float] = json.loads(stats.read_text(encoding="utf-8"))["duration_by_test"]
+    unknown = max(durations.values(), default=0.0)
+    items.sort(key=lambda item: durations.get(item.nodeid, unknown))
+    if not config.pluginmanager.hasplugin("timeout"):
+        return
+    for item in items:
+        limit = max(MUTANT_TEST_LIMIT_FLOOR, MUTANT_TEST_LIMIT_FACTOR * durations.get(item.nodeid, unknown))
+        item.add_marker(pytest.mark.timeout(limit))
