@@ -6,6 +6,7 @@ import json
 import os
 import random
 import socket
+import tempfile
 import time
 from pathlib import Path
 
@@ -170,9 +171,44 @@ def low_start(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_scan, "_random", _LowStart())
 
 
-# -- under mutmut: the fastest tests first, each with a time limit of its own -----------------
+# -- under mutmut: a port slice per mutant run, the fastest tests first, a limit for each -------
 
 MUTMUT_STATS = "mutmut-stats.json"
+#: The port slices (as xdist workers) that mutant runs take, one each: gw2 first, then gw1 (gw0
+#: and gw1 are a plain ``-n 2`` run's); ``--max-children`` up to 2 never waits for one.
+MUTMUT_SLICES = (2, 1)
+_slice_lock: int | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """mutmut runs several mutants at once (``--max-children``), each in a process of its own
+    with the same environment: without a slice each, their tests lease and probe the same ports
+    and fail one another, which mutmut counts as kills. The slice is held by an flock for the
+    run's session."""
+    global _slice_lock
+    if "MUTANT_UNDER_TEST" not in os.environ:
+        return
+    import fcntl
+
+    for i, n in enumerate(MUTMUT_SLICES):
+        path = os.path.join(tempfile.gettempdir(), f"pytest-portlease-mutmut-gw{n}.lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            last = i == len(MUTMUT_SLICES) - 1
+            fcntl.flock(fd, fcntl.LOCK_EX if last else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        _slice_lock = fd
+        os.environ["PYTEST_XDIST_WORKER"] = f"gw{n}"
+        return
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    global _slice_lock
+    if _slice_lock is not None:
+        os.close(_slice_lock)
+        _slice_lock = None
 MUTANT_TEST_LIMIT_FLOOR = 5.0
 MUTANT_TEST_LIMIT_FACTOR = 10.0
 

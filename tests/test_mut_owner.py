@@ -158,6 +158,11 @@ def test_an_owner_record_without_host_ns_or_label_reads_them_as_empty() -> None:
     assert _owner.Owner.from_json({}) == _owner.Owner(None, None, "", "", "", "")
 
 
+@pytest.mark.parametrize("run", [5, None, ["r"]])
+def test_an_owner_record_whose_run_is_not_a_string_reads_it_as_no_run(run: object) -> None:
+    assert _owner.Owner.from_json({"pid": 7, "start": 9, "run": run}) == _owner.Owner(7, 9, "", "", "", "")
+
+
 def test_owner_of_a_process_keeps_each_field_and_shares_the_process() -> None:
     process = _owner.Process(123, 456, "host-a", "boot/ns")
     owner = _owner.Owner.of(process, "label-b")
