@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -39,8 +40,16 @@ def port_range() -> PortRange:
     return free_window()
 
 
-def heartbeats() -> int:
+def _all_heartbeats() -> int:
     return sum(t.name == "portlease-heartbeat" for t in threading.enumerate())
+
+
+@pytest.fixture
+def heartbeats() -> Callable[[], int]:
+    """The heartbeat threads started since the test began: a leaser that outlives its test in
+    this process (the port-for switch's shared one) keeps its own."""
+    before = _all_heartbeats()
+    return lambda: _all_heartbeats() - before
 
 
 # -- how a holder is named -------------------------------------------------------------------
@@ -87,7 +96,9 @@ def test_a_range_whose_ephemeral_overlap_was_reported_leases_without_a_warning(
 # thing, so that what it resets is checked one field at a time.
 
 
-def test_after_fork_a_leaser_starts_afresh_and_restarts_its_heartbeat(lease_dir: Path, port_range: PortRange) -> None:
+def test_after_fork_a_leaser_starts_afresh_and_restarts_its_heartbeat(
+    heartbeats: Callable[[], int], lease_dir: Path, port_range: PortRange
+) -> None:
     with PortLeaser(lease_dir, port_range=port_range, ttl=1, owner_pid=None) as leaser:
         inherited = leaser.lease(1)
         leaser.start_heartbeat()
@@ -108,7 +119,9 @@ def test_after_fork_a_leaser_starts_afresh_and_restarts_its_heartbeat(lease_dir:
     assert list(keys(lease_dir)) == [str(inherited.base)]  # close() released only the child's
 
 
-def test_after_fork_a_leaser_without_a_heartbeat_starts_none(lease_dir: Path, port_range: PortRange) -> None:
+def test_after_fork_a_leaser_without_a_heartbeat_starts_none(
+    heartbeats: Callable[[], int], lease_dir: Path, port_range: PortRange
+) -> None:
     with PortLeaser(lease_dir, port_range=port_range) as leaser:
         leaser.lease(1)
         leaser.after_fork_in_child()
@@ -127,7 +140,9 @@ def test_detach_takes_the_block_itself(lease_dir: Path, port_range: PortRange) -
     assert list(keys(lease_dir)) == [str(block.base)]
 
 
-def test_one_heartbeat_per_leaser_and_none_once_closed(lease_dir: Path, port_range: PortRange) -> None:
+def test_one_heartbeat_per_leaser_and_none_once_closed(
+    heartbeats: Callable[[], int], lease_dir: Path, port_range: PortRange
+) -> None:
     leaser = PortLeaser(lease_dir, port_range=port_range)
     try:
         leaser.start_heartbeat()
