@@ -209,6 +209,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if _slice_lock is not None:
         os.close(_slice_lock)
         _slice_lock = None
+
+
 MUTANT_TEST_LIMIT_FLOOR = 5.0
 MUTANT_TEST_LIMIT_FACTOR = 10.0
 
@@ -223,10 +225,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if not stats.exists():
         return
     durations: dict[str, float] = json.loads(stats.read_text(encoding="utf-8"))["duration_by_test"]
-    unknown = max(durations.values(), default=0.0)
-    items.sort(key=lambda item: durations.get(item.nodeid, unknown))
-    if not config.pluginmanager.hasplugin("timeout"):
-        return
-    for item in items:
-        limit = max(MUTANT_TEST_LIMIT_FLOOR, MUTANT_TEST_LIMIT_FACTOR * durations.get(item.nodeid, unknown))
-        item.add_marker(pytest.mark.timeout(limit))
+    unknown = max(durations.values(), default=0.0)  # a test added since: last, limited as the slowest
+    timed = sorted(((durations.get(item.nodeid, unknown), item) for item in items), key=lambda t: t[0])
+    items[:] = [item for _, item in timed]
+    if config.pluginmanager.hasplugin("timeout"):
+        for seconds, item in timed:
+            item.add_marker(pytest.mark.timeout(max(MUTANT_TEST_LIMIT_FLOOR, MUTANT_TEST_LIMIT_FACTOR * seconds)))
